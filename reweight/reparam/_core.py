@@ -1,0 +1,89 @@
+"""The `Reparam` abstraction and parameter-path utilities shared by every reparameterization.
+
+A reparameterization splits a parameter pytree into a `trainable` part (what the optimizer
+sees) and a `frozen` part, and maps them back to parameters of the original structure:
+
+    trainable, frozen = reparam.init(params, key, **data)
+    params = reparam.apply(trainable, frozen)
+
+Targets are chosen by a regular expression matched (``re.fullmatch``) against the
+'/'-joined path of each leaf, e.g. ``r".*(query|value)/kernel"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+
+PyTree = Any
+
+
+class Reparam(NamedTuple):
+  """A pair of pure functions ``init`` and ``apply``.
+
+  Attributes:
+    init: ``init(params, key, **data) -> (trainable, frozen)``.
+    apply: ``apply(trainable, frozen) -> params`` with the structure of the original
+      ``params``. Merging a reparameterization is calling ``apply``.
+  """
+
+  init: Callable[..., tuple[PyTree, PyTree]]
+  apply: Callable[[PyTree, PyTree], PyTree]
+
+
+def path_str(path) -> str:
+  """'/'-joined string of a `jax.tree_util` key path: ``('dense', 'kernel') -> 'dense/kernel'``."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(str(k.name))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+      parts.append(str(k.key))
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def flatten_with_paths(tree: PyTree) -> dict[str, Any]:
+  """Flat ``{path: leaf}`` dict of a pytree (insertion order = tree order)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {path_str(p): leaf for p, leaf in leaves}
+
+
+def unflatten_like(tree: PyTree, flat: Mapping[str, Any]) -> PyTree:
+  """Inverse of `flatten_with_paths` given a tree of the original structure."""
+  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  return jax.tree_util.tree_unflatten(treedef, [flat[path_str(p)] for p, _ in paths_leaves])
+
+
+def select(params: PyTree, targets: str, *, ndim: int | None = 2) -> list[str]:
+  """Paths of the leaves whose path matches ``targets`` (``re.fullmatch``).
+
+  Args:
+    params: a parameter pytree.
+    targets: a regular expression over '/'-joined leaf paths.
+    ndim: if not None, only leaves with this number of dimensions are selected.
+
+  Raises:
+    ValueError: if nothing matches, naming the regex and the available paths.
+  """
+  flat = flatten_with_paths(params)
+  pattern = re.compile(targets)
+  hits = [
+      p for p, v in flat.items()
+      if pattern.fullmatch(p) and (ndim is None or getattr(v, "ndim", None) == ndim)
+  ]
+  if not hits:
+    raise ValueError(
+        f"targets={targets!r} matches no parameter"
+        + (f" with ndim={ndim}" if ndim is not None else "")
+        + f"; available paths: {sorted(flat)}"
+    )
+  return hits
