@@ -406,7 +406,10 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
   ``groups=``, ``example_ids=``) when the batch is a mapping, every entry of the per-example
   function's ``aux`` dict (e.g. ``logits``, ``labels``), ``params`` (under stop-gradient),
   ``step``, ``batch``, ``loss_fn`` (the per-example function, returning losses only) and
-  every keyword passed to the returned function. Keywords are also forwarded to
+  every keyword passed to the returned function. Examples with a non-finite loss get weight
+  0 and add exactly 0 to the loss; its gradient stays finite as long as their per-example
+  gradients are (a NaN inside the per-example function's own chain rule cannot be undone
+  from outside). Keywords are also forwarded to
   ``per_example_loss_fn`` when its signature names them (or takes ``**kwargs``).
 
   Args:

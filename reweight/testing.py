@@ -1,0 +1,228 @@
+"""Checks that a weighting gives the same weights however the batch is laid out.
+
+`layouts` runs a weighting for a few steps on the same global batch in four layouts:
+
+* ``single``: `jax.jit` on one device;
+* ``jit_sharded``: `jax.jit` over a `Mesh` of all devices with the batch sharded on
+  ``"data"`` (global-view code, weighting built without an axis name);
+* ``shard_map``: the weighting built with ``axis_name="data"`` inside `jax.shard_map`;
+* ``pmap``: the same inside `jax.pmap` (skipped where jax no longer has it).
+
+and returns every layout's weights (per step) and final state, so a test can compare them.
+Run it in a process with several devices, e.g. with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` set before jax is imported
+(`run_with_devices` does that in a subprocess).
+
+Examples:
+  >>> import jax.numpy as jnp, numpy as np, reweight
+  >>> from reweight import testing
+  >>> out = testing.layouts(lambda axis_name=None: reweight.sample.loss_based(
+  ...     "upper", r=1.0, axis_name=axis_name), np.arange(8.0, dtype=np.float32),
+  ...     modes=("single", "shard_map"))
+  >>> testing.max_difference(out, "single", "shard_map") < 1e-6
+  True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from reweight import parallel
+
+MODES = ("single", "jit_sharded", "shard_map", "pmap")
+
+
+def _steps(make_weighting, axis_name, static, steps):
+  weighting = make_weighting(axis_name=axis_name)
+
+  def run(losses, mask, per_example, replicated, state):
+    weights = []
+    for t in range(steps):
+      w, state = weighting.update(losses + t, state, mask=mask, step=jnp.asarray(t),
+                                  **per_example, **replicated, **static)
+      weights.append(w)
+    return jnp.stack(weights), state
+
+  return weighting, run
+
+
+def layouts(make_weighting: Callable[..., Any], losses, *, mask=None,
+            per_example: Mapping[str, Any] | None = None,
+            replicated: Mapping[str, Any] | None = None,
+            static: Mapping[str, Any] | None = None, steps: int = 2,
+            modes: Sequence[str] = MODES, key=None) -> dict[str, dict[str, np.ndarray]]:
+  """Weights (``[steps, B]``) and final state leaves of a weighting in several layouts.
+
+  Args:
+    make_weighting: ``make_weighting(axis_name=None) -> Weighting``.
+    losses: ``[B]`` losses (``B`` divisible by the device count). Step ``t`` uses
+      ``losses + t`` so that stateful weightings see changing inputs.
+    mask: optional ``[B]`` booleans.
+    per_example: extras with a leading batch axis (``groups``, ``logits``, ``labels``,
+      ``example_ids``, ``batch``, ...): sharded like the losses.
+    replicated: array extras every device sees whole (``params``, ``meta_batch``).
+    static: non-array extras (``loss_fn``), closed over.
+    steps: how many consecutive updates to run.
+    modes: a subset of `MODES`.
+    key: passed to ``init``.
+
+  Returns:
+    ``{mode: {"weights": [steps, B], "state/0": ..., ...}}`` as numpy arrays.
+  """
+  for m in modes:
+    if m not in MODES:
+      raise ValueError(f"mode {m!r} is not one of {MODES}")
+  losses = jnp.asarray(losses, jnp.float32)
+  mask = jnp.ones(losses.shape, bool) if mask is None else jnp.asarray(mask, bool)
+  per_example = dict(per_example or {})
+  replicated = dict(replicated or {})
+  static = dict(static or {})
+  n = len(jax.devices())
+  out = {}
+
+  def pack(weights, state):
+    leaves = jax.tree.leaves(state)
+    res = {"weights": np.asarray(weights)}
+    res.update({f"state/{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    return res
+
+  args = (losses, mask, per_example, replicated)
+  if "single" in modes:
+    weighting, run = _steps(make_weighting, None, static, steps)
+    dev = jax.devices()[0]
+    placed = jax.device_put(args, dev)
+    out["single"] = pack(*jax.jit(run)(*placed, weighting.init(key)))
+
+  if "jit_sharded" in modes:
+    mesh = parallel.make_mesh()
+    weighting, run = _steps(make_weighting, None, static, steps)
+    sharded = parallel.shard_batch((losses, mask, per_example), mesh)
+    rep = parallel.replicate(replicated, mesh)
+    out["jit_sharded"] = pack(*jax.jit(run)(*sharded, rep, weighting.init(key)))
+
+  if "shard_map" in modes:
+    mesh = parallel.make_mesh()
+    weighting, run = _steps(make_weighting, "data", static, steps)
+
+    def local(losses, mask, per_example, replicated, state):
+      w, state = run(losses, mask, per_example, replicated, state)
+      return w, state
+
+    state0 = weighting.init(key)
+    fn = jax.shard_map(
+        local, mesh=mesh,
+        in_specs=(P("data"), P("data"), P("data"), P(), P()),
+        out_specs=(P(None, "data"), P()), check_vma=False)
+    out["shard_map"] = pack(*jax.jit(fn)(losses, mask, per_example, replicated, state0))
+
+  if "pmap" in modes and hasattr(jax, "pmap"):
+    weighting, run = _steps(make_weighting, "data", static, steps)
+
+    def split(x):
+      x = jnp.asarray(x)
+      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+
+    state0 = weighting.init(key)
+    fn = jax.pmap(run, axis_name="data", in_axes=(0, 0, 0, None, None))
+    w, state = fn(split(losses), split(mask), jax.tree.map(split, per_example), replicated,
+                  state0)
+    w = jnp.moveaxis(w, 0, 1).reshape(steps, -1)
+    out["pmap"] = pack(w, jax.tree.map(lambda x: x[0], state))
+  return out
+
+
+def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Callable,
+                     params, batch: Mapping[str, Any], *, replicated_kwargs=None,
+                     modes: Sequence[str] = MODES, key=None) -> dict[str, dict[str, np.ndarray]]:
+  """Loss and gradient of `reweight.weighted` in several layouts (one step).
+
+  In ``shard_map`` / ``pmap`` the per-device loss and gradients are ``psum``-ed, which is
+  how a data-parallel training step combines them.
+  """
+  from reweight.base import weighted
+
+  replicated_kwargs = dict(replicated_kwargs or {})
+  out = {}
+
+  def pack(loss, grads, weights):
+    res = {"loss": np.asarray(loss), "weights": np.asarray(weights)}
+    res.update({f"grad/{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))})
+    return res
+
+  def global_step(params, batch, kw, state):
+    fn = weighted(per_example_loss_fn, make_weighting(axis_name=None))
+    (loss, (_, info)), g = jax.value_and_grad(fn, has_aux=True)(params, batch, state,
+                                                                step=jnp.asarray(0), **kw)
+    return loss, g, info["weights"]
+
+  def local_step(params, batch, kw, state):
+    fn = weighted(per_example_loss_fn, make_weighting(axis_name="data"), axis_name="data")
+    (loss, (_, info)), g = jax.value_and_grad(fn, has_aux=True)(params, batch, state,
+                                                                step=jnp.asarray(0), **kw)
+    return jax.lax.psum(loss, "data"), jax.lax.psum(g, "data"), info["weights"]
+
+  state0 = make_weighting(axis_name=None).init(key)
+  if "single" in modes:
+    placed = jax.device_put((params, batch, replicated_kwargs), jax.devices()[0])
+    out["single"] = pack(*jax.jit(global_step)(*placed, state0))
+  if "jit_sharded" in modes:
+    mesh = parallel.make_mesh()
+    out["jit_sharded"] = pack(*jax.jit(global_step)(
+        parallel.replicate(params, mesh), parallel.shard_batch(batch, mesh),
+        parallel.replicate(replicated_kwargs, mesh), state0))
+  if "shard_map" in modes:
+    mesh = parallel.make_mesh()
+    fn = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P("data"), P(), P()),
+                       out_specs=(P(), P(), P("data")), check_vma=False)
+    out["shard_map"] = pack(*jax.jit(fn)(params, batch, replicated_kwargs, state0))
+  if "pmap" in modes and hasattr(jax, "pmap"):
+    n = len(jax.devices())
+    split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
+    fn = jax.pmap(local_step, axis_name="data", in_axes=(None, 0, None, None))
+    loss, g, w = fn(params, jax.tree.map(split, batch), replicated_kwargs, state0)
+    out["pmap"] = pack(loss[0], jax.tree.map(lambda x: x[0], g), w.reshape(-1))
+  return out
+
+
+def max_difference(results: Mapping[str, Mapping[str, np.ndarray]], a: str, b: str) -> float:
+  """Largest absolute difference between two layouts' outputs (all keys)."""
+  ra, rb = results[a], results[b]
+  if set(ra) != set(rb):
+    raise ValueError(f"layouts {a!r} and {b!r} have different outputs: {sorted(ra)} vs "
+                     f"{sorted(rb)}")
+  worst = 0.0
+  for k in ra:
+    x, y = np.asarray(ra[k], np.float64), np.asarray(rb[k], np.float64)
+    if x.shape != y.shape:
+      raise ValueError(f"{k}: shape {x.shape} in {a!r} but {y.shape} in {b!r}")
+    if x.size:
+      worst = max(worst, float(np.max(np.abs(x - y))))
+  return worst
+
+
+def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> Any:
+  """Runs ``code`` in a fresh Python with ``num_devices`` forced CPU devices.
+
+  The code must print one JSON document as its last line of stdout; it is returned parsed.
+  Used by tests so that the forced device count does not leak into the test process.
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={num_devices}").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  if proc.returncode != 0:
+    raise RuntimeError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])

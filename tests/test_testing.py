@@ -1,0 +1,46 @@
+"""The sharding harness itself: it must detect a weighting that is wrong under sharding."""
+
+import numpy as np
+import pytest
+
+from reweight import testing
+
+CODE = """
+import json, numpy as np, jax, jax.numpy as jnp
+import reweight
+from reweight import base, testing
+
+def local_mean_weighting(axis_name=None):
+  # Deliberately wrong under shard_map: normalizes with the LOCAL sum only.
+  def update(losses, state, *, mask=None, **kw):
+    valid = base.valid_mask(losses, mask)
+    raw = jnp.where(valid, jnp.exp(losses), 0.0)
+    return raw / raw.sum() * valid.sum(), state
+  return base.Weighting(lambda key=None: base.EmptyState(), update)
+
+losses = np.linspace(0, 2, 32).astype(np.float32)
+bad = testing.layouts(local_mean_weighting, losses)
+good = testing.layouts(lambda axis_name=None: reweight.sample.loss_based(
+    "upper", 1.0, axis_name=axis_name), losses)
+print(json.dumps({"bad": {m: testing.max_difference(bad, "single", m) for m in bad},
+                  "good": {m: testing.max_difference(good, "single", m) for m in good}}))
+"""
+
+
+@pytest.mark.multidevice
+def test_harness_catches_local_normalization():
+  res = testing.run_with_devices(CODE, 8)
+  assert res["bad"]["jit_sharded"] <= 1e-6  # global-view code is right by construction
+  assert res["bad"]["shard_map"] > 0.1 and res["bad"]["pmap"] > 0.1
+  assert max(res["good"].values()) <= 1e-6
+
+
+def test_max_difference_and_errors():
+  a = {"x": {"w": np.array([1.0, 2.0])}, "y": {"w": np.array([1.0, 2.5])}}
+  assert testing.max_difference(a, "x", "y") == 0.5
+  with pytest.raises(ValueError, match="different outputs"):
+    testing.max_difference({"x": {"w": 1}, "y": {"v": 1}}, "x", "y")
+  with pytest.raises(ValueError, match="mode 'tpu' is not one of"):
+    testing.layouts(lambda axis_name=None: None, np.zeros(2), modes=("tpu",))
+  with pytest.raises(RuntimeError, match="subprocess failed"):
+    testing.run_with_devices("raise SystemExit(3)", 2)
