@@ -1,0 +1,44 @@
+"""The main job: digits with 40% symmetric label noise; CE, loss-based reweighting, GCE, SCE.
+
+python -m reweight.main --config=configs/default.py --workdir=workdir/default
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.dataset = "digits"
+  c.noise_kind = "symmetric"
+  c.noise_rate = 0.4
+  c.imbalance_ratio = 1.0
+  c.meta_per_class = 0
+
+  c.model = "mlp"
+  c.model_kwargs = ml_collections.ConfigDict({"in_features": 64, "hidden": (256,)})
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.weight_decay = 0.0
+
+  c.steps = 1000
+  c.batch_size = 128
+  c.microbatches = 1
+  c.eval_every = 50
+  c.checkpoint_every = 500
+  c.seeds = (0, 1, 2)
+
+  warmup = 100  # uniform weights first, as in Sow et al.
+  c.methods = ml_collections.ConfigDict({
+      "ce": {"loss": "ce"},
+      "loss_based/linupper": {"weighting": "loss_based", "weighting_kwargs": {
+          "strategy": "linupper", "r": 1.0, "warmup_steps": warmup}},
+      "loss_based/quadratic": {"weighting": "loss_based", "weighting_kwargs": {
+          "strategy": "quadratic", "r": 1.0, "warmup_steps": warmup}},
+      "loss_based/extremes": {"weighting": "loss_based", "weighting_kwargs": {
+          "strategy": "extremes", "r": 0.4, "warmup_steps": warmup}},
+      "loss_based/upper": {"weighting": "loss_based", "weighting_kwargs": {
+          "strategy": "upper", "r": 1.0, "warmup_steps": warmup}},
+      "gce": {"loss": "gce", "loss_kwargs": {"q": 0.7}},
+      "sce": {"loss": "sce", "loss_kwargs": {"alpha": 0.1, "beta": 1.0}},
+  })
+  return c

@@ -1,0 +1,28 @@
+"""Runs an experiment from a config: ``python -m reweight.main --config=configs/default.py
+--workdir=DIR``. Override any field on the command line: ``--config.steps=500``.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from reweight.train import experiment
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
+                                          "Path to an ml_collections config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Where runs, tables and plots go.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+  config = _CONFIG.value
+  out = experiment.run(config, _WORKDIR.value)
+  print()
+  print(f"{config.dataset}, {100 * config.noise_rate:.0f}% {config.noise_kind} label noise, "
+        f"{config.model}, {config.steps} steps, seeds {tuple(config.seeds)}")
+  print(out["table"])
+  print("\nplots: " + ", ".join(out["plots"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

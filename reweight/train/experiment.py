@@ -1,0 +1,185 @@
+"""An experiment: several methods x several seeds on one dataset, then a table and plots.
+
+A method is a loss plus a weighting, named in the config::
+
+  config.methods.linupper = dict(loss="ce", weighting="loss_based",
+                                 weighting_kwargs=dict(strategy="linupper", r=1.0))
+
+``weighting`` names a constructor in `reweight.sample` (or ``"uniform"``); ``loss`` a loss
+in `reweight.losses`. ``clean_labels=True`` trains on the uncorrupted labels (an upper
+bound). Each run lives in ``workdir/runs/<method>/seed<k>``; finished runs are not run again
+when the experiment is restarted, unfinished ones resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import reweight
+from reweight.data import corruptions, datasets
+from reweight import parallel
+from reweight.train import loop, plots
+from reweight.train.models import functional, make_model
+from reweight.train.step import classification_loss, make_eval_step, make_train_step
+
+
+def make_weighting(name: str, **kwargs) -> reweight.Weighting:
+  """A weighting by name: ``"uniform"`` or a constructor of `reweight.sample`."""
+  if name == "uniform":
+    return reweight.uniform(**kwargs)
+  fn = getattr(reweight.sample, name, None)
+  if fn is None or name.startswith("_"):
+    raise ValueError(f"weighting={name!r} is not one of "
+                     f"{['uniform'] + sorted(reweight.sample.__all__)}")
+  return fn(**kwargs)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam(W) or SGD with momentum, as named by ``config.optimizer``."""
+  if config.optimizer == "adam":
+    return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+  if config.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(config.learning_rate, momentum=0.9))
+  raise ValueError(f"optimizer={config.optimizer!r} is not one of ['adam', 'sgd']")
+
+
+def prepare_data(config: ml_collections.ConfigDict, seed: int):
+  """Train (corrupted as configured), meta (clean, from train) and test splits."""
+  train = datasets.load(config.dataset, "train")
+  test = datasets.load(config.dataset, "test")
+  num_classes = datasets.num_classes(config.dataset)
+  if config.get("imbalance_ratio", 1.0) > 1.0:
+    train = corruptions.class_imbalance(train, config.imbalance_ratio, num_classes, seed=seed)
+  meta = None
+  if config.get("meta_per_class", 0) > 0:  # before the noise, so the rest's rate is unbiased
+    train, meta = corruptions.split_meta(train, config.meta_per_class, seed,
+                                         num_classes=num_classes)
+  if config.noise_rate > 0:
+    train = corruptions.label_noise(train, config.noise_kind, config.noise_rate, num_classes,
+                                    seed=seed)
+  return train, meta, test, num_classes
+
+
+def summarize(histories: list[list[dict]], final_weights: list[dict]) -> dict[str, Any]:
+  """Mean and std over seeds of final / best test accuracy and the noisy weight share."""
+  final = np.array([h[-1]["test_accuracy"] for h in histories])
+  best = np.array([max(r["test_accuracy"] for r in h) for h in histories])
+  bal = np.array([h[-1]["test_balanced_accuracy"] for h in histories])
+  out = {"final_accuracy": (final.mean(), final.std()), "best_accuracy": (best.mean(), best.std()),
+         "final_balanced_accuracy": (bal.mean(), bal.std())}
+  shares = [float(np.sum(fw["weights"] * fw["is_noisy"]) / np.sum(fw["weights"]))
+            for fw in final_weights if "is_noisy" in fw]
+  if shares:
+    out["noisy_weight_share"] = (float(np.mean(shares)), float(np.std(shares)))
+  return {k: tuple(float(x) for x in v) for k, v in out.items()}
+
+
+def format_table(summary: Mapping[str, Mapping[str, tuple[float, float]]],
+                 noise_rate: float | None = None) -> str:
+  """A Markdown table, one row per method."""
+  cols = [("final_accuracy", "final test acc"), ("best_accuracy", "best test acc"),
+          ("final_balanced_accuracy", "final balanced acc"),
+          ("noisy_weight_share", "weight on noisy (last epoch)")]
+  cols = [c for c in cols if any(c[0] in s for s in summary.values())]
+  lines = ["| method | " + " | ".join(t for _, t in cols) + " |",
+           "|---|" + "---|" * len(cols)]
+  for method, s in summary.items():
+    cells = []
+    for key, _ in cols:
+      if key in s:
+        m, sd = s[key]
+        cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
+      else:
+        cells.append("–")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  if noise_rate:
+    lines.append(f"\nNoisy share of the training labels: {100 * noise_rate:.0f}%; uniform "
+                 "weighting puts about that share of the weight on them.")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict:
+  """Runs every method of ``config`` for every seed; writes the table and plots.
+
+  Returns:
+    ``{"summary": {method: {...}}, "table": str, "plots": [paths]}``.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  runs: dict[str, list] = {}
+  finals: dict[str, list] = {}
+  methods = dict(config.methods)
+  total = len(methods) * len(config.seeds)
+  outer = tqdm(total=total, desc="runs", disable=not progress)
+  for method, spec in methods.items():
+    spec = ml_collections.ConfigDict(spec)
+    weighting = make_weighting(spec.get("weighting", "uniform"),
+                               **dict(spec.get("weighting_kwargs", {})))
+    optimizer = make_optimizer(config)
+    train_step = eval_step = None
+    runs[method], finals[method] = [], []
+    for seed in config.seeds:
+      run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
+      done = os.path.join(run_dir, "result.json")
+      if os.path.exists(done):
+        with open(done) as f:
+          saved = json.load(f)
+        runs[method].append(saved["history"])
+        finals[method].append({k: np.asarray(v) for k, v in saved["final_weights"].items()})
+        outer.update()
+        continue
+      train, meta, test, num_classes = prepare_data(config, seed)
+      if spec.get("clean_labels", False) and "clean_label" in train:
+        train = dict(train, label=train["clean_label"])
+      fn = functional(make_model(config.model, seed=seed, num_classes=num_classes,
+                                 **dict(config.model_kwargs)))
+      per_example = classification_loss(fn.apply, spec.get("loss", "ce"),
+                                        **dict(spec.get("loss_kwargs", {})))
+      if train_step is None:
+        train_step = jax.jit(make_train_step(per_example, weighting, optimizer,
+                                             microbatches=config.microbatches),
+                             donate_argnums=0)
+        eval_step = jax.jit(make_eval_step(fn.apply, num_classes))
+      loss_kwargs = {}
+      if meta is not None and spec.get("needs_meta", False):
+        loss_kwargs["meta_batch"] = {"x": meta["x"], "label": meta["label"]}
+      result = loop.train(
+          apply_fn=fn.apply, params=fn.params, per_example_loss=per_example,
+          weighting=weighting, optimizer=optimizer, train_ds=train, test_ds=test,
+          num_classes=num_classes, steps=config.steps, batch_size=config.batch_size,
+          seed=seed, eval_every=config.eval_every, workdir=run_dir,
+          checkpoint_every=config.checkpoint_every, loss_kwargs=loss_kwargs, mesh=mesh,
+          progress=progress, desc=f"{method}/seed{seed}", train_step=train_step,
+          eval_step=eval_step)
+      with open(done, "w") as f:
+        json.dump({"history": result.history,
+                   "final_weights": {k: v.tolist() for k, v in result.final_weights.items()}},
+                  f)
+      runs[method].append(result.history)
+      finals[method].append(result.final_weights)
+      outer.update()
+  outer.close()
+
+  summary = {m: summarize(runs[m], finals[m]) for m in methods}
+  table = format_table(summary, config.noise_rate if config.noise_rate > 0 else None)
+  paths = [plots.curves(runs, os.path.join(workdir, "curves.png"))]
+  merged = {m: {k: np.concatenate([fw[k] for fw in finals[m]]) for k in finals[m][0]}
+            for m in methods if finals[m] and finals[m][0]}
+  hist = plots.weight_histograms(merged, os.path.join(workdir, "weights.png"))
+  if hist:
+    paths.append(hist)
+  with open(os.path.join(workdir, "table.md"), "w") as f:
+    f.write(table + "\n")
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  return {"summary": summary, "table": table, "plots": paths}

@@ -1,0 +1,71 @@
+"""Matplotlib figures written at the end of an experiment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _stack(histories: Sequence[list[dict]], key: str):
+  rows = [[r.get(key, np.nan) for r in h] for h in histories]
+  n = min(len(r) for r in rows)
+  return np.asarray([r[:n] for r in rows], float)
+
+
+def curves(runs: Mapping[str, Sequence[list[dict]]], path: str,
+           keys: Sequence[str] = ("test_accuracy", "train_loss")) -> str:
+  """Mean ± std over seeds of each metric in ``keys`` against the step, one line per method.
+
+  Args:
+    runs: ``{method: [history_seed0, history_seed1, ...]}``.
+    path: the PNG to write.
+  """
+  fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    for method, histories in runs.items():
+      steps = _stack(histories, "step")[0]
+      values = _stack(histories, key)
+      mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+      (line,) = ax.plot(steps, mean, label=method)
+      ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def weight_histograms(final_weights: Mapping[str, Mapping[str, np.ndarray]], path: str) -> str:
+  """Histograms of the last epoch's weights on clean vs noisy examples, one panel per method."""
+  methods = [m for m, fw in final_weights.items() if "is_noisy" in fw]
+  if not methods:
+    return ""
+  cols = min(4, len(methods))
+  rows = -(-len(methods) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+  for ax in axes.flat[len(methods):]:
+    ax.axis("off")
+  for ax, method in zip(axes.flat, methods):
+    w, noisy = final_weights[method]["weights"], final_weights[method]["is_noisy"].astype(bool)
+    hi = max(float(np.max(w)), 1.0)
+    bins = np.linspace(0.0, hi * 1.001, 30)
+    ax.hist(w[~noisy], bins=bins, alpha=0.6, label="clean", density=True)
+    ax.hist(w[noisy], bins=bins, alpha=0.6, label="noisy", density=True)
+    ax.set_title(method, fontsize=9)
+    ax.set_xlabel("weight")
+  axes.flat[0].legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

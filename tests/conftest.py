@@ -1,0 +1,7 @@
+"""Shared test setup: datasets are built once per session into a temporary directory."""
+
+import os
+import tempfile
+
+# Built datasets go to a fresh directory for the whole session (never the user's ~).
+os.environ.setdefault("REWEIGHT_DATA_DIR", tempfile.mkdtemp(prefix="reweight-tfds-"))
