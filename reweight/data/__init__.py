@@ -1,1 +1,61 @@
-"""reweight.data."""
+"""reweight.data: offline datasets (TFDS array_record, no TensorFlow), corruptions, samplers.
+
+* `load(name, split)` builds (once) and reads ``"digits"`` or ``"mnist1d"`` into a dict
+  of NumPy arrays ``{"x", "label", "id"}``; `num_classes(name)`.
+* Corruptions of the train split that keep the ground truth: `label_noise`,
+  `class_imbalance`, `domains`, `split_meta`.
+* Samplers, pure functions ``step -> batch indices`` deterministic in ``(seed, step)``:
+  `epoch_sampler`, `mixture_sampler`, `curriculum_sampler`, `random_subset_per_epoch`.
+* Pipeline: `train_iterator` / `sampler_iterator` (grain iterators whose state
+  ``{"next_index": step}`` goes into the checkpoint), `eval_batches` (padded, with
+  ``mask``), `take`, `batch_dataset`.
+"""
+
+from reweight.data.corruptions import (
+    NOISE_KINDS,
+    class_imbalance,
+    domains,
+    label_noise,
+    split_meta,
+)
+from reweight.data.datasets import DATASETS, builder, load, num_classes
+from reweight.data.digits import Digits
+from reweight.data.mnist1d import Mnist1d
+from reweight.data.pipeline import (
+    batch_dataset,
+    eval_batches,
+    sampler_iterator,
+    take,
+    train_iterator,
+)
+from reweight.data.samplers import (
+    Sampler,
+    curriculum_sampler,
+    epoch_sampler,
+    mixture_sampler,
+    random_subset_per_epoch,
+)
+
+__all__ = [
+    "DATASETS",
+    "NOISE_KINDS",
+    "Digits",
+    "Mnist1d",
+    "Sampler",
+    "batch_dataset",
+    "builder",
+    "class_imbalance",
+    "curriculum_sampler",
+    "domains",
+    "epoch_sampler",
+    "eval_batches",
+    "label_noise",
+    "load",
+    "mixture_sampler",
+    "num_classes",
+    "random_subset_per_epoch",
+    "sampler_iterator",
+    "split_meta",
+    "take",
+    "train_iterator",
+]

@@ -77,8 +77,11 @@ def summarize(histories: list[list[dict]], final_weights: list[dict]) -> dict[st
   bal = np.array([h[-1]["test_balanced_accuracy"] for h in histories])
   out = {"final_accuracy": (final.mean(), final.std()), "best_accuracy": (best.mean(), best.std()),
          "final_balanced_accuracy": (bal.mean(), bal.std())}
-  shares = [float(np.sum(fw["weights"] * fw["is_noisy"]) / np.sum(fw["weights"]))
-            for fw in final_weights if "is_noisy" in fw]
+  shares = []
+  for fw in final_weights:
+    if "is_noisy" in fw:
+      w = np.asarray(fw["weights"], np.float64)
+      shares.append(float(np.sum(w * fw["is_noisy"]) / np.sum(w)))
   if shares:
     out["noisy_weight_share"] = (float(np.mean(shares)), float(np.std(shares)))
   return {k: tuple(float(x) for x in v) for k, v in out.items()}

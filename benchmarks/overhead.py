@@ -1,0 +1,149 @@
+"""Step-time overhead of `reweight.weighted` against a plain optax step, as ratios.
+
+In one process, for the MLP (digits-sized inputs) and the small Transformer language model,
+times a plain jitted step (per-example cross-entropy, mean, Adam) and the same step through
+`reweight.weighted` with each weighting. Steps are timed in interleaved rounds (plain,
+weighted, plain, ...) so that machine noise hits both alike; the ratio is the median over
+rounds of (weighted time / plain time).
+
+  python benchmarks/overhead.py [--rounds 30] [--steps 20] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import reweight
+from reweight.losses import sequence_mean, softmax_cross_entropy
+from reweight.train.models import functional, make_model
+
+
+def weightings() -> dict[str, Callable[[], reweight.Weighting]]:
+  """The weightings to time, by name (each gets its own compiled step)."""
+  out = {"uniform": reweight.uniform}
+  for s in ("linupper", "quadratic", "extremes", "upper"):
+    out[f"loss_based/{s}"] = lambda s=s: reweight.sample.loss_based(s, r=1.0)
+  out["clip(loss_based)"] = lambda: reweight.clip(reweight.sample.loss_based("upper", 0.3), 3.0)
+  return out
+
+
+def mlp_problem(batch_size: int = 128):
+  fn = functional(make_model("mlp", seed=0, in_features=64, hidden=(256, 256),
+                             num_classes=10))
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.random((batch_size, 64)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
+
+  def per_example(params, batch):
+    logits = fn.apply(params, batch["x"])
+    return softmax_cross_entropy(logits, batch["label"]), {"logits": logits,
+                                                          "labels": batch["label"]}
+
+  return fn.params, batch, per_example
+
+
+def transformer_problem(batch_size: int = 32, seq_len: int = 64, vocab: int = 256):
+  fn = functional(make_model("transformer", seed=0, vocab_size=vocab, d_model=64, num_heads=4,
+                             num_layers=2, max_len=seq_len))
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, vocab, (batch_size, seq_len + 1)), jnp.int32)
+  batch = {"x": tokens[:, :-1], "y": tokens[:, 1:]}
+
+  def per_example(params, batch):
+    logits = fn.apply(params, batch["x"])
+    return sequence_mean(softmax_cross_entropy(logits, batch["y"])), {}
+
+  return fn.params, batch, per_example
+
+
+def make_steps(params, per_example, weighting, optimizer):
+  """A plain optax step and the same step through `reweight.weighted`, both jitted."""
+
+  @jax.jit
+  def plain(params, opt_state, batch):
+    def loss_fn(p):
+      return jnp.mean(per_example(p, batch)[0])
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  loss_fn = reweight.weighted(per_example, weighting)
+
+  @jax.jit
+  def weighted(params, opt_state, wstate, batch):
+    (loss, (wstate, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch, wstate)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, wstate, loss
+
+  return plain, weighted
+
+
+def time_steps(fn, args, steps):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps
+
+
+def measure(problem, name, make_weighting, rounds, steps):
+  params, batch, per_example = problem
+  optimizer = optax.adam(1e-3)
+  weighting = make_weighting()
+  plain, weighted = make_steps(params, per_example, weighting, optimizer)
+  opt_state = optimizer.init(params)
+  wstate = weighting.init(jax.random.PRNGKey(0))
+  time_steps(plain, (params, opt_state, batch), 3)  # compile + warm up
+  time_steps(weighted, (params, opt_state, wstate, batch), 3)
+  ratios, plain_times = [], []
+  for _ in range(rounds):
+    tp = time_steps(plain, (params, opt_state, batch), steps)
+    tw = time_steps(weighted, (params, opt_state, wstate, batch), steps)
+    ratios.append(tw / tp)
+    plain_times.append(tp)
+  return {"ratio": float(np.median(ratios)), "ratio_iqr": [float(np.percentile(ratios, 25)),
+                                                           float(np.percentile(ratios, 75))],
+          "plain_ms": 1e3 * float(np.median(plain_times))}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=30)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser.add_argument("--only", default="", help="comma-separated weighting names")
+  args = parser.parse_args()
+  problems = {"mlp": mlp_problem(), "transformer": transformer_problem()}
+  todo = weightings()
+  if args.only:
+    todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
+  results = {}
+  for pname, problem in problems.items():
+    for wname, make in todo.items():
+      r = measure(problem, wname, make, args.rounds, args.steps)
+      results[f"{pname}/{wname}"] = r
+      print(f"{pname:12s} {wname:24s} ratio {r['ratio']:.3f} "
+            f"(IQR {r['ratio_iqr'][0]:.3f}-{r['ratio_iqr'][1]:.3f}), plain step "
+            f"{r['plain_ms']:.3f} ms", flush=True)
+  os.makedirs(args.out, exist_ok=True)
+  meta = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+          "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
+  with open(os.path.join(args.out, "overhead.json"), "w") as f:
+    json.dump({"meta": meta, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
