@@ -1,1 +1,33 @@
-"""reweight.reparam."""
+"""reweight.reparam: parameter reparameterizations (LoRA family, Bone/MiSS, AdaLoRA, ...).
+
+Every reparameterization is a `Reparam` ``(init, apply)``: ``init(params, key, **data) ->
+(trainable, frozen)`` and ``apply(trainable, frozen) -> params``; only ``trainable`` is
+optimized. Targets are regexes over '/'-joined parameter paths.
+"""
+
+from reweight.reparam._core import Reparam, select
+from reweight.reparam.adalora import adalora, orthogonal_penalty
+from reweight.reparam.bone import bone
+from reweight.reparam.compander import compander
+from reweight.reparam.lora import dora, lora
+from reweight.reparam.merge import init_train, merge, tree_bytes, unmerge
+from reweight.reparam.patches import patch_add, patch_remove, patch_scale, project_off
+
+__all__ = [
+    "Reparam",
+    "adalora",
+    "bone",
+    "compander",
+    "dora",
+    "init_train",
+    "lora",
+    "merge",
+    "orthogonal_penalty",
+    "patch_add",
+    "patch_remove",
+    "patch_scale",
+    "project_off",
+    "select",
+    "tree_bytes",
+    "unmerge",
+]

@@ -28,10 +28,14 @@ class Reparam(NamedTuple):
     init: ``init(params, key, **data) -> (trainable, frozen)``.
     apply: ``apply(trainable, frozen) -> params`` with the structure of the original
       ``params``. Merging a reparameterization is calling ``apply``.
+    unapply: optional inverse, ``unapply(trainable, params) -> frozen`` such that
+      ``apply(trainable, unapply(trainable, params)) == params``; None where the map is not
+      invertible (used by `reweight.reparam.unmerge`).
   """
 
   init: Callable[..., tuple[PyTree, PyTree]]
   apply: Callable[[PyTree, PyTree], PyTree]
+  unapply: Callable[[PyTree, PyTree], PyTree] | None = None
 
 
 def path_str(path) -> str:
@@ -87,3 +91,17 @@ def select(params: PyTree, targets: str, *, ndim: int | None = 2) -> list[str]:
         + f"; available paths: {sorted(flat)}"
     )
   return hits
+
+
+def replace_at(tree: PyTree, new: Mapping[str, Any]) -> PyTree:
+  """Copy of ``tree`` with the leaves at the '/'-joined paths in ``new`` replaced.
+
+  Raises:
+    ValueError: if a path of ``new`` is not a leaf path of ``tree``.
+  """
+  flat = flatten_with_paths(tree)
+  missing = sorted(set(new) - set(flat))
+  if missing:
+    raise ValueError(f"paths {missing} are not leaves of the tree; available: {sorted(flat)}")
+  flat.update(new)
+  return unflatten_like(tree, flat)

@@ -77,7 +77,8 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
     per_example_loss: ``f(params, batch, *, key=None) -> (losses [B], aux)``; ``key`` is a
       dropout key (see `classification_loss`).
     weighting: the `Weighting`.
-    optimizer: an optax transformation of the trainable part.
+    optimizer: an optax transformation of the trainable part; it gets the raw gradients as
+      the extra argument ``grads`` too.
     reparam: optional `Reparam`; gradients then flow to ``state.trainable`` only.
     microbatches: split the batch for gradient accumulation, keeping global-batch weights.
 
@@ -88,10 +89,13 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
   """
   if microbatches < 1:
     raise ValueError(f"microbatches={microbatches!r} must be >= 1")
+  # Transforms that steer a reparameterization (e.g. `reweight.optim.adalora_budget`) read
+  # the raw gradients as the extra argument ``grads``; plain transforms ignore it.
+  optimizer = optax.with_extra_args_support(optimizer)
   loss_of_trainable = _reparam_loss(per_example_loss, reparam)
 
   def apply_update(state, grads, weighting_state, rng):
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable, grads=grads)
     trainable = optax.apply_updates(state.trainable, updates)
     return state._replace(step=state.step + 1, trainable=trainable, opt_state=opt_state,
                           weighting_state=weighting_state, rng=rng)
