@@ -6,7 +6,7 @@ reparameterization (which directions of the weights may move), as pure functions
 transforms.
 """
 
-from reweight import losses, parallel, sample
+from reweight import annealing_law, curriculum, losses, optim, parallel, reparam, sample, schedules
 from reweight.base import (
     EmptyState, Weighting, chain, clip, diagnostics, effective_sample_size, interpolate,
     max_weight, named_chain, normalize, num_nonfinite, uniform, valid_mask, weight_entropy,
@@ -18,4 +18,5 @@ __all__ = [
     "EmptyState", "Weighting", "chain", "clip", "diagnostics", "effective_sample_size",
     "interpolate", "losses", "max_weight", "named_chain", "normalize", "num_nonfinite",
     "parallel", "sample", "uniform", "valid_mask", "weight_entropy", "weighted",
+    "annealing_law", "curriculum", "optim", "reparam", "schedules",
 ]

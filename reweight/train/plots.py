@@ -18,6 +18,16 @@ def _stack(histories: Sequence[list[dict]], key: str):
   return np.asarray([r[:n] for r in rows], float)
 
 
+def curve_data(runs: Mapping[str, Sequence[list[dict]]], key: str):
+  """``{method: (steps, mean, std)}`` of metric ``key`` over seeds (histories cut to the
+  shortest)."""
+  out = {}
+  for method, histories in runs.items():
+    values = _stack(histories, key)
+    out[method] = (_stack(histories, "step")[0], np.nanmean(values, 0), np.nanstd(values, 0))
+  return out
+
+
 def curves(runs: Mapping[str, Sequence[list[dict]]], path: str,
            keys: Sequence[str] = ("test_accuracy", "train_loss")) -> str:
   """Mean ± std over seeds of each metric in ``keys`` against the step, one line per method.
@@ -28,10 +38,7 @@ def curves(runs: Mapping[str, Sequence[list[dict]]], path: str,
   """
   fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
   for ax, key in zip(axes[0], keys):
-    for method, histories in runs.items():
-      steps = _stack(histories, "step")[0]
-      values = _stack(histories, key)
-      mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+    for method, (steps, mean, std) in curve_data(runs, key).items():
       (line,) = ax.plot(steps, mean, label=method)
       ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("step")
