@@ -8,14 +8,24 @@ optimized. Targets are regexes over '/'-joined parameter paths.
 from reweight.reparam._core import Reparam, select
 from reweight.reparam.adalora import adalora, orthogonal_penalty
 from reweight.reparam.bone import bone
-from reweight.reparam.compander import compander
+from reweight.reparam.compander import compand, compand_inverse, compander
+from reweight.reparam.eva import collect_inputs, eva, eva_fit, redistribute_ranks
 from reweight.reparam.lora import dora, lora
 from reweight.reparam.merge import init_train, merge, tree_bytes, unmerge
-from reweight.reparam.patches import patch_add, patch_remove, patch_scale, project_off
+from reweight.reparam.patches import (
+    apply_patches, patch, patch_add, patch_remove, patch_scale, project_off)
 
 __all__ = [
     "Reparam",
     "adalora",
+    "apply_patches",
+    "collect_inputs",
+    "compand",
+    "compand_inverse",
+    "eva",
+    "eva_fit",
+    "patch",
+    "redistribute_ranks",
     "bone",
     "compander",
     "dora",

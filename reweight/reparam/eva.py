@@ -470,8 +470,11 @@ def _eval_capture(jaxpr, consts, args, tags, captured):
     if sub is not None and len(sub[0].invars) == len(invals):
       outs, outtags = _eval_capture(sub[0], sub[1], invals, intags, captured)
     else:
-      subfuns, bind_params = eqn.primitive.get_bind_params(eqn.params)
-      outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+      bind_params = eqn.primitive.get_bind_params(eqn.params)
+      if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
+        subfuns, bind_params = bind_params
+        invals = [*subfuns, *invals]
+      outs = eqn.primitive.bind(*invals, **bind_params)
       outs = list(outs) if eqn.primitive.multiple_results else [outs]
       passthrough = name in _PASSTHROUGH and len(outs) == 1
       outtags = [intags[0] if passthrough else None for _ in outs]
