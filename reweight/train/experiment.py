@@ -154,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                              donate_argnums=0)
         eval_step = jax.jit(make_eval_step(fn.apply, num_classes))
       loss_kwargs = {}
-      if meta is not None and spec.get("needs_meta", False):
+      if meta is not None:  # weightings that do not use it ignore it
         loss_kwargs["meta_batch"] = {"x": meta["x"], "label": meta["label"]}
       result = loop.train(
           apply_fn=fn.apply, params=fn.params, per_example_loss=per_example,
