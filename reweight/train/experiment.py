@@ -6,7 +6,9 @@ A method is a loss plus a weighting, named in the config::
                                  weighting_kwargs=dict(strategy="linupper", r=1.0))
 
 ``weighting`` names a constructor in `reweight.sample` (or ``"uniform"``); ``loss`` a loss
-in `reweight.losses`. ``clean_labels=True`` trains on the uncorrupted labels (an upper
+in `reweight.losses`. A weighting argument given as ``"from_train"`` (``class_counts``) is
+read off the training split. The weighting is built once per method, from the first seed's
+data. ``clean_labels=True`` trains on the uncorrupted labels (an upper
 bound). Each run lives in ``workdir/runs/<method>/seed<k>``; finished runs are not run again
 when the experiment is restarted, unfinished ones resume from their last checkpoint.
 """
@@ -41,6 +43,22 @@ def make_weighting(name: str, **kwargs) -> reweight.Weighting:
     raise ValueError(f"weighting={name!r} is not one of "
                      f"{['uniform'] + sorted(reweight.sample.__all__)}")
   return fn(**kwargs)
+
+
+def resolve_data_kwargs(kwargs: Mapping[str, Any], train: Mapping[str, np.ndarray],
+                        num_classes: int) -> dict[str, Any]:
+  """Replaces the value ``"from_train"`` by what the training data says.
+
+  Supported: ``class_counts`` (examples per class of the training labels).
+  """
+  out = dict(kwargs)
+  for key, value in kwargs.items():
+    if value == "from_train":
+      if key != "class_counts":
+        raise ValueError(f"{key}='from_train' is not supported; only class_counts can be "
+                         "taken from the training data")
+      out[key] = np.bincount(train["label"], minlength=num_classes).tolist()
+  return out
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -126,10 +144,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   outer = tqdm(total=total, desc="runs", disable=not progress)
   for method, spec in methods.items():
     spec = ml_collections.ConfigDict(spec)
-    weighting = make_weighting(spec.get("weighting", "uniform"),
-                               **dict(spec.get("weighting_kwargs", {})))
     optimizer = make_optimizer(config)
-    train_step = eval_step = None
+    weighting = train_step = eval_step = None
     runs[method], finals[method] = [], []
     for seed in config.seeds:
       run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
@@ -148,6 +164,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                                  **dict(config.model_kwargs)))
       per_example = classification_loss(fn.apply, spec.get("loss", "ce"),
                                         **dict(spec.get("loss_kwargs", {})))
+      if weighting is None:
+        weighting = make_weighting(spec.get("weighting", "uniform"),
+                                   **resolve_data_kwargs(spec.get("weighting_kwargs", {}),
+                                                         train, num_classes))
       if train_step is None:
         train_step = jax.jit(make_train_step(per_example, weighting, optimizer,
                                              microbatches=config.microbatches),
