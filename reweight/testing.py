@@ -134,9 +134,10 @@ def layouts(make_weighting: Callable[..., Any], losses, *, mask=None,
       return x.reshape((n, x.shape[0] // n) + x.shape[1:])
 
     state0 = weighting.init(key)
-    fn = jax.pmap(run, axis_name="data", in_axes=(0, 0, 0, None, None))
-    w, state = fn(split(losses), split(mask), jax.tree.map(split, per_example), replicated,
-                  state0)
+    # Replicated values are closed over: jax.pmap misreads in_axes=None for an empty pytree
+    # argument (jax 0.10), which would leave the per-example arguments unsplit.
+    fn = jax.pmap(lambda l, m, pe: run(l, m, pe, replicated, state0), axis_name="data")
+    w, state = fn(split(losses), split(mask), jax.tree.map(split, per_example))
     w = jnp.moveaxis(w, 0, 1).reshape(steps, -1)
     out["pmap"] = pack(w, jax.tree.map(lambda x: x[0], state))
   return out
@@ -189,8 +190,8 @@ def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Ca
   if "pmap" in modes and hasattr(jax, "pmap"):
     n = len(jax.devices())
     split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
-    fn = jax.pmap(local_step, axis_name="data", in_axes=(None, 0, None, None))
-    loss, g, w = fn(params, jax.tree.map(split, batch), replicated_kwargs, state0)
+    fn = jax.pmap(lambda b: local_step(params, b, replicated_kwargs, state0), axis_name="data")
+    loss, g, w = fn(jax.tree.map(split, batch))
     out["pmap"] = pack(loss[0], jax.tree.map(lambda x: x[0], g), w.reshape(-1))
   return out
 

@@ -1,7 +1,26 @@
-"""Per-example weightings: which examples count."""
+"""Per-example weightings: which examples count.
+
+Weightings (`reweight.Weighting`): `loss_based`, `focal_weights`, `self_paced`,
+`ease_curriculum`, `class_balanced`, `l2rw`, `meta_weight_net`, `self_taught`, and
+`saf_memory_writer` (keeps SAF's logit memory). Per-example losses and helpers: `ensloss`,
+`saf_loss`, `multi_sample_dropout`.
+"""
 
 from reweight.sample.class_balanced import class_balanced
+from reweight.sample.ensloss import binary_margins, ensloss, ensloss_derivatives
+from reweight.sample.hardness import ease_curriculum, focal_weights, self_paced
 from reweight.sample.loss_based import loss_based
 from reweight.sample.meta import l2rw, meta_weight_net, self_taught
+from reweight.sample.multi_sample_dropout import dropout_masks, multi_sample_dropout
+from reweight.sample.saf import (
+    SAFMemory, read_memory, saf_loss, saf_memory, saf_memory_writer, update_memory)
 
-__all__ = ["class_balanced", "l2rw", "loss_based", "meta_weight_net", "self_taught"]
+WEIGHTINGS = ("class_balanced", "ease_curriculum", "focal_weights", "l2rw", "loss_based",
+              "meta_weight_net", "saf_memory_writer", "self_paced", "self_taught")
+
+__all__ = [
+    "WEIGHTINGS", "SAFMemory", "binary_margins", "class_balanced", "dropout_masks", "ease_curriculum",
+    "ensloss", "ensloss_derivatives", "focal_weights", "l2rw", "loss_based", "meta_weight_net",
+    "multi_sample_dropout", "read_memory", "saf_loss", "saf_memory", "saf_memory_writer",
+    "self_paced", "self_taught", "update_memory",
+]

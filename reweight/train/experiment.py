@@ -38,11 +38,10 @@ def make_weighting(name: str, **kwargs) -> reweight.Weighting:
   """A weighting by name: ``"uniform"`` or a constructor of `reweight.sample`."""
   if name == "uniform":
     return reweight.uniform(**kwargs)
-  fn = getattr(reweight.sample, name, None)
-  if fn is None or name.startswith("_"):
+  if name not in reweight.sample.WEIGHTINGS:
     raise ValueError(f"weighting={name!r} is not one of "
-                     f"{['uniform'] + sorted(reweight.sample.__all__)}")
-  return fn(**kwargs)
+                     f"{['uniform', *reweight.sample.WEIGHTINGS]}")
+  return getattr(reweight.sample, name)(**kwargs)
 
 
 def resolve_data_kwargs(kwargs: Mapping[str, Any], train: Mapping[str, np.ndarray],
@@ -76,12 +75,12 @@ def prepare_data(config: ml_collections.ConfigDict, seed: int):
   train = datasets.load(config.dataset, "train")
   test = datasets.load(config.dataset, "test")
   num_classes = datasets.num_classes(config.dataset)
-  if config.get("imbalance_ratio", 1.0) > 1.0:
-    train = corruptions.class_imbalance(train, config.imbalance_ratio, num_classes, seed=seed)
   meta = None
-  if config.get("meta_per_class", 0) > 0:  # before the noise, so the rest's rate is unbiased
+  if config.get("meta_per_class", 0) > 0:  # first: a balanced meta set, unbiased noise rate
     train, meta = corruptions.split_meta(train, config.meta_per_class, seed,
                                          num_classes=num_classes)
+  if config.get("imbalance_ratio", 1.0) > 1.0:
+    train = corruptions.class_imbalance(train, config.imbalance_ratio, num_classes, seed=seed)
   if config.noise_rate > 0:
     train = corruptions.label_noise(train, config.noise_kind, config.noise_rate, num_classes,
                                     seed=seed)

@@ -1,0 +1,350 @@
+"""SAF: Sharpness-Aware training for Free (Du et al., NeurIPS 2022).
+
+SAF replaces SAM's extra forward-backward pass by a *trajectory loss*: the current output on
+an example is kept close to the output the model gave on the same example ``E`` epochs ago,
+which penalizes the sharp changes of the loss along the optimization trajectory. Per example,
+
+.. math::
+
+  \\ell_i = \\text{CE}(z_i, y_i) + \\lambda\\, \\tau^2\\,
+    \\mathrm{KL}\\big(\\text{softmax}(\\text{sg}(z^{past}_i)/\\tau)\\,\\big\\|\\,
+    \\text{softmax}(z_i/\\tau)\\big)
+
+with ``z_past`` the logits of example ``i`` recorded ``E`` epochs ago (``tau = 5``,
+``lambda = 0.3`` (0.8 for some ImageNet models), ``E = 2-3``, the KL term switched on after
+``E_start = 5`` epochs, as in the authors' README). The only extra cost is a per-example
+logit memory.
+
+**Memory.** The authors keep a ring of ``E + 1`` host-side snapshots ``[N, E + 1, C]``:
+during epoch ``e`` they write slot ``e % (E + 1)`` and read slot ``(e - E) % (E + 1)``. Here
+the ring has ``E`` slots ``[E, N, C]`` (``epochs_ago = E``): in epoch ``e`` an example's
+past logits are read from slot ``e % E`` *before* the same step overwrites that slot with its
+current logits, which is the same data in one slot less (``E = 1``: a single ``[N, C]``
+memory holding last epoch's logits). This relies on each example being visited at most once
+per epoch (epoch-wise shuffling without replacement); with sampling with replacement an
+example seen twice in an epoch reads its own logits of that epoch the second time. Every
+entry also records the epoch in which it was written, so `read_memory` reports whether the
+entry is really from epoch ``e - E`` (``has_past``): examples skipped in that epoch, or
+epochs before ``E``, get no trajectory term instead of a stale or zero target. Use
+``dtype=jnp.bfloat16`` to halve the memory.
+
+**Sharding.** The memory is replicated. `read_memory` is a local gather. `update_memory`
+with ``axis_name`` all-gathers the ``(ids, logits, mask)`` of the global batch before the
+scatter (as a ``psum`` of zero-padded buffers, so the result is also typed as replicated
+under `shard_map`'s ``check_vma``), so the memory stays identical on every device inside
+`shard_map` / `pmap`; under `jax.jit` with a sharded batch the global-view scatter needs no
+axis name.
+
+In a training step the memory can travel as the state of `saf_memory_writer`, a `Weighting`
+with uniform weights that writes the aux ``logits`` of the batch's ``id``s, so it is carried,
+sharded and checkpointed like any weighting state::
+
+  writer = saf.saf_memory_writer(N, C, steps_per_epoch=S, epochs_ago=2)
+  loss_fn = reweight.weighted(per_example, writer)   # per_example(params, batch, past,
+                                                     #   active) -> (losses, {"logits": z})
+  epoch = step // S
+  past, has_past = saf.read_memory(memory, batch["id"], epoch)
+  (loss, (memory, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, batch, memory, step=step, past=past, active=has_past & (epoch >= 5))
+
+with ``per_example`` returning ``saf_loss(z, batch["label"], past, active=active)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reweight.base import Weighting, valid_mask
+from reweight.parallel import AxisName
+
+Array = jax.Array
+
+
+class SAFMemory(NamedTuple):
+  """Per-example logit memory of SAF.
+
+  Attributes:
+    logits: ``[E, N, C]``, slot ``e % E`` holds the logits written in epoch ``e``.
+    written: ``[E, N]`` int32, the epoch in which each entry was written (-1: never).
+  """
+
+  logits: Array
+  written: Array
+
+
+def saf_memory(num_examples: int, num_classes: int, *, epochs_ago: int = 1,
+               dtype=jnp.float32) -> SAFMemory:
+  """An empty SAF memory for ``num_examples`` examples of ``num_classes`` logits.
+
+  Args:
+    num_examples: ``N``, the size of the training set (``example_ids`` are in ``[0, N)``).
+    num_classes: ``C``, the number of logits per example.
+    epochs_ago: ``E``, how many epochs back the reference logits are (the ring size).
+    dtype: storage dtype of the logits (``jnp.bfloat16`` halves the memory).
+
+  Returns:
+    A `SAFMemory` with zero logits and ``written = -1``.
+
+  Examples:
+    >>> from reweight.sample.saf import saf_memory
+    >>> memory = saf_memory(10, 3, epochs_ago=2)
+    >>> memory.logits.shape, memory.written.shape
+    ((2, 10, 3), (2, 10))
+  """
+  for name, value in (("num_examples", num_examples), ("num_classes", num_classes),
+                      ("epochs_ago", epochs_ago)):
+    if not isinstance(value, int | np.integer) or value < 1:
+      raise ValueError(f"{name}={value!r} must be a positive integer")
+  return SAFMemory(jnp.zeros((epochs_ago, num_examples, num_classes), dtype),
+                   jnp.full((epochs_ago, num_examples), -1, jnp.int32))
+
+
+def _check_ids(memory: SAFMemory, example_ids) -> Array:
+  ids = jnp.asarray(example_ids)
+  if ids.ndim != 1 or not jnp.issubdtype(ids.dtype, jnp.integer):
+    raise ValueError(f"example_ids must be integers of shape [batch], got shape {ids.shape} "
+                     f"and dtype {ids.dtype}")
+  num_examples = memory.written.shape[1]
+  if not isinstance(ids, jax.core.Tracer) and ids.size:
+    i = np.asarray(ids)
+    bad = (i < 0) | (i >= num_examples)
+    if bad.any():
+      raise ValueError(f"example id {int(i[bad].flat[0])} is out of range: the memory holds "
+                       f"ids 0..{num_examples - 1}")
+  return ids
+
+
+def read_memory(memory: SAFMemory, example_ids: Array, epoch) -> tuple[Array, Array]:
+  """The logits of ``example_ids`` recorded ``E`` epochs before ``epoch``.
+
+  Args:
+    memory: a `SAFMemory`.
+    example_ids: ``[B]`` integer ids in ``[0, N)``.
+    epoch: the current epoch (an int or a scalar array).
+
+  Returns:
+    ``(past_logits [B, C] float32, has_past [B] bool)``; ``has_past`` is False where the
+    entry was not written in epoch ``epoch - E`` (never seen, or skipped that epoch), and
+    such rows of ``past_logits`` must not be used (`saf_loss` with ``active=has_past``).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight.sample.saf import read_memory, saf_memory, update_memory
+    >>> memory = update_memory(saf_memory(4, 2), jnp.array([1, 3]),
+    ...                        jnp.array([[1.0, 2.0], [3.0, 4.0]]), epoch=0)
+    >>> past, has_past = read_memory(memory, jnp.array([3, 0]), epoch=1)
+    >>> past.tolist(), has_past.tolist()
+    ([[3.0, 4.0], [0.0, 0.0]], [True, False])
+  """
+  ids = _check_ids(memory, example_ids)
+  ring, num_examples = memory.written.shape
+  epoch = jnp.asarray(epoch, jnp.int32)
+  slot = epoch % ring
+  in_range = (ids >= 0) & (ids < num_examples)
+  safe = jnp.where(in_range, ids, 0)
+  past = memory.logits[slot][safe].astype(jnp.float32)
+  has_past = in_range & (epoch >= ring) & (memory.written[slot][safe] == epoch - ring)
+  return past, has_past
+
+
+def _replicated_gather(x: Array, axis_name: AxisName) -> Array:
+  """All-gather of the batch axis (tiled) whose result is typed device-invariant.
+
+  Each device writes its rows into a zero buffer of the global batch and the buffers are
+  ``psum``-ed (adding zeros is exact), so under `shard_map`'s replication checking the
+  memory can be returned with a replicated ``out_specs``, unlike with `lax.all_gather`.
+  """
+  local = x.shape[0]
+  size = jax.lax.axis_size(axis_name)
+  offset = jax.lax.axis_index(axis_name) * local
+  buffer = jnp.zeros((size * local,) + x.shape[1:], x.dtype)
+  return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(buffer, x, offset, 0), axis_name)
+
+
+def update_memory(memory: SAFMemory, example_ids: Array, logits: Array, *, epoch,
+                  mask: Array | None = None, axis_name: AxisName = None) -> SAFMemory:
+  """Writes this batch's logits (under stop-gradient) into the slot of ``epoch``.
+
+  Call it after `read_memory` in the same step. Masked rows and rows with non-finite logits
+  are not written. Ids should be unique within a (global) batch; for duplicates one of the
+  rows is kept.
+
+  Args:
+    memory: a `SAFMemory` (replicated).
+    example_ids: ``[B]`` integer ids in ``[0, N)``.
+    logits: ``[B, C]`` the current logits.
+    epoch: the current epoch (an int or a scalar array).
+    mask: optional ``[B]`` booleans.
+    axis_name: inside `shard_map` / `pmap`, the batch axis name(s): the batch's ids, logits
+      and mask are all-gathered so every device writes the same rows.
+
+  Returns:
+    The updated `SAFMemory`, identical on every device.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight.sample.saf import saf_memory, update_memory
+    >>> memory = update_memory(saf_memory(3, 2), jnp.array([2, 0]),
+    ...                        jnp.array([[1.0, -1.0], [0.5, 0.5]]), epoch=4,
+    ...                        mask=jnp.array([True, False]))
+    >>> memory.logits[0].tolist(), memory.written[0].tolist()
+    ([[0.0, 0.0], [0.0, 0.0], [1.0, -1.0]], [-1, -1, 4])
+  """
+  ids = _check_ids(memory, example_ids)
+  ring, num_examples, num_classes = memory.logits.shape
+  logits = jnp.asarray(logits)
+  if logits.shape != (ids.shape[0], num_classes):
+    raise ValueError(f"logits have shape {logits.shape}; expected {(ids.shape[0], num_classes)}"
+                     " (one row of num_classes logits per example id)")
+  keep = jnp.all(jnp.isfinite(logits), axis=-1)
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    if mask.shape != ids.shape:
+      raise ValueError(f"mask has shape {mask.shape} but example_ids have shape {ids.shape}")
+    keep = keep & mask.astype(bool)
+  logits = jax.lax.stop_gradient(logits).astype(memory.logits.dtype)
+  if axis_name is not None:
+    ids = _replicated_gather(ids, axis_name)
+    logits = _replicated_gather(logits, axis_name)
+    keep = _replicated_gather(keep.astype(jnp.int32), axis_name).astype(bool)
+  epoch = jnp.asarray(epoch, jnp.int32)
+  slot = epoch % ring
+  target = jnp.where(keep, ids, num_examples)  # out of bounds: dropped by the scatter
+  new_logits = memory.logits.at[slot, target].set(logits, mode="drop")
+  new_written = memory.written.at[slot, target].set(
+      jnp.broadcast_to(epoch, target.shape), mode="drop")
+  return SAFMemory(new_logits, new_written)
+
+
+def saf_loss(logits: Array, labels: Array, memory_logits: Array, tau: float = 5.0,
+             lam: float = 0.3, active: Array | bool = True, *,
+             mask: Array | None = None) -> Array:
+  """Per-example SAF loss: cross-entropy plus the trajectory KL to past logits.
+
+  .. math::
+
+    \\ell_i = -\\log p_{y_i}(z_i) + a_i\\, \\lambda \\tau^2 \\sum_k q_{ik}
+      \\big(\\log q_{ik} - \\log p_{ik}(z_i/\\tau)\\big), \\quad
+    q_i = \\text{softmax}(\\text{sg}(z^{past}_i)/\\tau)
+
+  Args:
+    logits: ``[B, C]`` current logits (gradients flow through them).
+    labels: ``[B]`` integer labels.
+    memory_logits: ``[B, C]`` the logits of the same examples ``E`` epochs ago (from
+      `read_memory`); held under stop-gradient.
+    tau: the temperature (the paper's 5).
+    lam: the weight ``lambda`` of the trajectory term (0.3 in the paper, 0.8 for some
+      ImageNet models).
+    active: a bool or ``[B]`` booleans; the KL term is added only where True (e.g.
+      ``has_past & (epoch >= start_epoch)``).
+    mask: optional ``[B]`` booleans; masked examples get loss 0.
+
+  Returns:
+    ``[B]`` per-example losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight.sample.saf import saf_loss
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 0.0]])
+    >>> same = saf_loss(logits, jnp.array([0, 1]), logits)  # KL(q || q) = 0: plain CE
+    >>> [round(x, 4) for x in same.tolist()]
+    [0.1269, 0.6931]
+    >>> moved = saf_loss(logits, jnp.array([0, 1]), jnp.zeros((2, 2)))  # past: uniform
+    >>> bool(moved[0] > same[0]), bool(moved[1] == same[1])
+    (True, True)
+
+  References:
+    Du, Zhou, Feng, Tan and Zhou, "Sharpness-Aware Training for Free", NeurIPS 2022
+    (code: github.com/AngusDujw/SAF).
+  """
+  logits = jnp.asarray(logits)
+  labels = jnp.asarray(labels)
+  memory_logits = jnp.asarray(memory_logits)
+  if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+    raise ValueError(f"logits of shape {logits.shape} need integer labels of shape "
+                     f"{logits.shape[:1]}, got labels of shape {labels.shape}")
+  if memory_logits.shape != logits.shape:
+    raise ValueError(f"memory_logits have shape {memory_logits.shape} but logits have shape "
+                     f"{logits.shape}")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+  if isinstance(tau, int | float) and not tau > 0:
+    raise ValueError(f"tau={tau!r} must be positive")
+  z = logits.astype(jnp.float32)
+  log_p = jax.nn.log_softmax(z, axis=-1)
+  ce = -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  past = jax.lax.stop_gradient(memory_logits).astype(jnp.float32)
+  log_q = jax.nn.log_softmax(past / tau, axis=-1)
+  log_p_tau = jax.nn.log_softmax(z / tau, axis=-1)
+  kl = jnp.sum(jnp.exp(log_q) * (log_q - log_p_tau), axis=-1)
+  active = jnp.broadcast_to(jnp.asarray(active, bool), ce.shape) & jnp.all(
+      jnp.isfinite(past), axis=-1)
+  loss = ce + jnp.where(active, lam * tau * tau * jnp.where(active, kl, 0.0), 0.0)
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    if mask.shape != ce.shape:
+      raise ValueError(f"mask has shape {mask.shape} but labels have shape {ce.shape}")
+    loss = jnp.where(mask.astype(bool), loss, 0.0)
+  return loss
+
+
+def saf_memory_writer(num_examples: int, num_classes: int, *, steps_per_epoch: int,
+                      epochs_ago: int = 1, dtype=jnp.float32,
+                      axis_name: AxisName = None) -> Weighting:
+  """A `Weighting` with uniform weights whose state is the SAF memory it keeps up to date.
+
+  ``update`` writes the ``logits`` extra (return it in the per-example loss function's aux
+  dict) of the ``example_ids`` extra (the batch's ``"id"`` field) into the slot of epoch
+  ``step // steps_per_epoch`` (`update_memory`), and returns weight 1 on every valid example
+  (``mask & isfinite(losses)``). Read the past logits with `read_memory` on the state
+  *before* the step. Combine with another weighting with `reweight.chain`.
+
+  Args:
+    num_examples: ``N``.
+    num_classes: ``C``.
+    steps_per_epoch: optimizer steps per epoch (> 0).
+    epochs_ago: ``E`` (see `saf_memory`).
+    dtype: storage dtype of the logits.
+    axis_name: inside `shard_map` / `pmap`, the batch axis name(s).
+
+  Returns:
+    A `Weighting` whose state is a `SAFMemory`; ``update`` needs ``step=``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight.sample.saf import read_memory, saf_memory_writer
+    >>> writer = saf_memory_writer(5, 2, steps_per_epoch=10)
+    >>> w, memory = writer.update(jnp.ones(2), writer.init(), step=3,
+    ...                           example_ids=jnp.array([4, 1]), logits=jnp.ones((2, 2)))
+    >>> w.tolist(), read_memory(memory, jnp.array([1, 2]), epoch=1)[1].tolist()
+    ([1.0, 1.0], [True, False])
+
+  References:
+    Du, Zhou, Feng, Tan and Zhou, "Sharpness-Aware Training for Free", NeurIPS 2022.
+  """
+  if not isinstance(steps_per_epoch, int | np.integer) or steps_per_epoch <= 0:
+    raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be a positive integer")
+  empty = saf_memory(num_examples, num_classes, epochs_ago=epochs_ago, dtype=dtype)
+
+  def init(key=None):
+    del key
+    return empty
+
+  def update(losses, state, *, mask=None, step=None, example_ids=None, logits=None,
+             **extras):
+    del extras
+    if step is None or example_ids is None or logits is None:
+      raise ValueError(
+          "saf_memory_writer needs step=, example_ids= and logits= (the batch's 'id' field, "
+          "and logits in the per-example loss fn's aux dict)")
+    valid = valid_mask(losses, mask)
+    epoch = jnp.asarray(step) // steps_per_epoch
+    state = update_memory(state, example_ids, logits, epoch=epoch, mask=valid,
+                          axis_name=axis_name)
+    return jax.lax.stop_gradient(valid.astype(jnp.float32)), state
+
+  return Weighting(init, update)
