@@ -1,6 +1,7 @@
 """Step-time overhead of `reweight.weighted` against a plain optax step, as ratios.
 
-In one process, for the MLP (digits-sized inputs) and the small Transformer language model,
+In one process, for the MLP (digits-sized inputs) and the small Transformer (sequence
+classification),
 times a plain jitted step (per-example cross-entropy, mean, Adam) and the same step through
 `reweight.weighted` with each weighting. Steps are timed in interleaved rounds (plain,
 weighted, plain, ...) so that machine noise hits both alike; the ratio is the median over
@@ -24,46 +25,68 @@ import numpy as np
 import optax
 
 import reweight
-from reweight.losses import sequence_mean, softmax_cross_entropy
+from reweight.losses import softmax_cross_entropy
 from reweight.train.models import functional, make_model
+
+
+NUM_EXAMPLES = 4096  # size of the (virtual) training set behind per-example tables
 
 
 def weightings() -> dict[str, Callable[[], reweight.Weighting]]:
   """The weightings to time, by name (each gets its own compiled step)."""
+  s = reweight.sample
+  easiness = np.random.default_rng(0).random(NUM_EXAMPLES).astype(np.float32)
   out = {"uniform": reweight.uniform}
-  for s in ("linupper", "quadratic", "extremes", "upper"):
-    out[f"loss_based/{s}"] = lambda s=s: reweight.sample.loss_based(s, r=1.0)
-  out["clip(loss_based)"] = lambda: reweight.clip(reweight.sample.loss_based("upper", 0.3), 3.0)
+  for name in ("linupper", "quadratic", "extremes", "upper"):
+    out[f"loss_based/{name}"] = lambda name=name: s.loss_based(name, r=1.0)
+  out.update({
+      "clip(loss_based)": lambda: reweight.clip(s.loss_based("upper", 0.3), 3.0),
+      "focal_weights": lambda: s.focal_weights(2.0),
+      "self_paced": lambda: s.self_paced(2.3),
+      "ease_curriculum": lambda: s.ease_curriculum(steps_per_epoch=32, m=20,
+                                                   easiness_table=easiness),
+      "class_balanced": lambda: s.class_balanced(np.arange(1, 11) * 100, 0.999),
+      "l2rw": lambda: s.l2rw(0.1),
+      "meta_weight_net": lambda: s.meta_weight_net(),
+      "self_taught": lambda: s.self_taught(),
+  })
   return out
 
 
-def mlp_problem(batch_size: int = 128):
-  fn = functional(make_model("mlp", seed=0, in_features=64, hidden=(256, 256),
-                             num_classes=10))
-  rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.random((batch_size, 64)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
+def _classification_batch(x, num_classes, rng):
+  n = x.shape[0]
+  return {"x": x, "label": jnp.asarray(rng.integers(0, num_classes, n), jnp.int32),
+          "id": jnp.asarray(rng.integers(0, NUM_EXAMPLES, n), jnp.int32)}
 
+
+def _per_example(fn):
   def per_example(params, batch):
     logits = fn.apply(params, batch["x"])
     return softmax_cross_entropy(logits, batch["label"]), {"logits": logits,
                                                           "labels": batch["label"]}
+  return per_example
 
-  return fn.params, batch, per_example
 
-
-def transformer_problem(batch_size: int = 32, seq_len: int = 64, vocab: int = 256):
-  fn = functional(make_model("transformer", seed=0, vocab_size=vocab, d_model=64, num_heads=4,
-                             num_layers=2, max_len=seq_len))
+def mlp_problem(batch_size: int = 128, meta_size: int = 100):
+  """MLP 64-256-256-10 on digits-sized inputs; a meta batch for the meta weightings."""
+  fn = functional(make_model("mlp", seed=0, in_features=64, hidden=(256, 256),
+                             num_classes=10))
   rng = np.random.default_rng(0)
-  tokens = jnp.asarray(rng.integers(0, vocab, (batch_size, seq_len + 1)), jnp.int32)
-  batch = {"x": tokens[:, :-1], "y": tokens[:, 1:]}
+  batch = _classification_batch(jnp.asarray(rng.random((batch_size, 64)), jnp.float32), 10, rng)
+  meta = _classification_batch(jnp.asarray(rng.random((meta_size, 64)), jnp.float32), 10, rng)
+  return fn.params, batch, meta, _per_example(fn)
 
-  def per_example(params, batch):
-    logits = fn.apply(params, batch["x"])
-    return sequence_mean(softmax_cross_entropy(logits, batch["y"])), {}
 
-  return fn.params, batch, per_example
+def transformer_problem(batch_size: int = 32, seq_len: int = 64, vocab: int = 256,
+                        meta_size: int = 32):
+  """The small Transformer (2 layers, d=64) classifying token sequences into 10 classes."""
+  fn = functional(make_model("transformer", seed=0, vocab_size=vocab, num_classes=10,
+                             d_model=64, num_heads=4, num_layers=2, max_len=seq_len))
+  rng = np.random.default_rng(0)
+  tokens = lambda n: jnp.asarray(rng.integers(0, vocab, (n, seq_len)), jnp.int32)
+  batch = _classification_batch(tokens(batch_size), 10, rng)
+  meta = _classification_batch(tokens(meta_size), 10, rng)
+  return fn.params, batch, meta, _per_example(fn)
 
 
 def make_steps(params, per_example, weighting, optimizer):
@@ -80,9 +103,9 @@ def make_steps(params, per_example, weighting, optimizer):
   loss_fn = reweight.weighted(per_example, weighting)
 
   @jax.jit
-  def weighted(params, opt_state, wstate, batch):
+  def weighted(params, opt_state, wstate, batch, meta_batch):
     (loss, (wstate, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch, wstate)
+        params, batch, wstate, meta_batch=meta_batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, wstate, loss
 
@@ -100,18 +123,18 @@ def time_steps(fn, args, steps):
 
 
 def measure(problem, name, make_weighting, rounds, steps):
-  params, batch, per_example = problem
+  params, batch, meta, per_example = problem
   optimizer = optax.adam(1e-3)
   weighting = make_weighting()
   plain, weighted = make_steps(params, per_example, weighting, optimizer)
   opt_state = optimizer.init(params)
   wstate = weighting.init(jax.random.PRNGKey(0))
   time_steps(plain, (params, opt_state, batch), 3)  # compile + warm up
-  time_steps(weighted, (params, opt_state, wstate, batch), 3)
+  time_steps(weighted, (params, opt_state, wstate, batch, meta), 3)
   ratios, plain_times = [], []
   for _ in range(rounds):
     tp = time_steps(plain, (params, opt_state, batch), steps)
-    tw = time_steps(weighted, (params, opt_state, wstate, batch), steps)
+    tw = time_steps(weighted, (params, opt_state, wstate, batch, meta), steps)
     ratios.append(tw / tp)
     plain_times.append(tp)
   return {"ratio": float(np.median(ratios)), "ratio_iqr": [float(np.percentile(ratios, 25)),
