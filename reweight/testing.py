@@ -196,6 +196,58 @@ def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Ca
   return out
 
 
+def loss_layouts(make_loss: Callable[..., Callable], params, batch: Mapping[str, Any], *,
+                 modes: Sequence[str] = MODES) -> dict[str, dict[str, np.ndarray]]:
+  """Value, gradient and per-example output of a batch-level loss in several layouts.
+
+  For losses that are not a `Weighting` (AnyLoss, EnsLoss, ...):
+  ``make_loss(axis_name) -> f(params, batch) -> (this device's share of the loss,
+  per-example output [B])``. In ``shard_map`` / ``pmap`` the shares and gradients are
+  ``psum``-ed.
+  """
+
+  def global_fn(p, b):
+    (loss, per_example), g = jax.value_and_grad(make_loss(None), has_aux=True)(p, b)
+    return loss, g, per_example
+
+  def local_fn(p, b):
+    (loss, per_example), g = jax.value_and_grad(make_loss("data"), has_aux=True)(p, b)
+    return jax.lax.psum(loss, "data"), jax.lax.psum(g, "data"), per_example
+
+  def pack(loss, grads, per_example):
+    res = {"loss": np.asarray(loss), "per_example": np.asarray(per_example)}
+    res.update({f"grad/{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))})
+    return res
+
+  out = {}
+  if "single" in modes:
+    out["single"] = pack(*jax.jit(global_fn)(*jax.device_put((params, batch),
+                                                            jax.devices()[0])))
+  if "jit_sharded" in modes:
+    mesh = parallel.make_mesh()
+    out["jit_sharded"] = pack(*jax.jit(global_fn)(parallel.replicate(params, mesh),
+                                                  parallel.shard_batch(batch, mesh)))
+  if "shard_map" in modes:
+    mesh = parallel.make_mesh()
+    fn = jax.shard_map(local_fn, mesh=mesh, in_specs=(P(), P("data")),
+                       out_specs=(P(), P(), P("data")), check_vma=False)
+    out["shard_map"] = pack(*jax.jit(fn)(params, batch))
+  if "pmap" in modes and hasattr(jax, "pmap"):
+    n = len(jax.devices())
+    split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
+    loss, g, pe = jax.pmap(lambda b: local_fn(params, b), axis_name="data")(
+        jax.tree.map(split, batch))
+    out["pmap"] = pack(loss[0], jax.tree.map(lambda x: x[0], g),
+                       pe.reshape((-1,) + pe.shape[2:]))
+  return out
+
+
+def differences(results: Mapping[str, Mapping[str, np.ndarray]],
+                reference: str = "single") -> dict[str, float]:
+  """`max_difference` of every layout against ``reference``."""
+  return {m: max_difference(results, reference, m) for m in results}
+
+
 def max_difference(results: Mapping[str, Mapping[str, np.ndarray]], a: str, b: str) -> float:
   """Largest absolute difference between two layouts' outputs (all keys)."""
   ra, rb = results[a], results[b]

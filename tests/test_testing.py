@@ -22,8 +22,25 @@ losses = np.linspace(0, 2, 32).astype(np.float32)
 bad = testing.layouts(local_mean_weighting, losses)
 good = testing.layouts(lambda axis_name=None: reweight.sample.loss_based(
     "upper", 1.0, axis_name=axis_name), losses)
-print(json.dumps({"bad": {m: testing.max_difference(bad, "single", m) for m in bad},
-                  "good": {m: testing.max_difference(good, "single", m) for m in good}}))
+
+def make_loss(axis_name):  # a mean: right only with psum-ed numerator AND denominator
+  def loss(p, b):
+    per_example = (b["x"] * p) ** 2
+    total = jnp.sum(per_example)
+    count = jnp.float32(per_example.shape[0])
+    if axis_name is not None:
+      count = jax.lax.psum(count, axis_name)
+    return total / count, per_example
+  return loss
+
+def make_bad_loss(axis_name):  # mean of per-device means, scaled: wrong gradient share
+  return lambda p, b: (jnp.mean((b["x"] * p) ** 2), (b["x"] * p) ** 2)
+
+batch = {"x": np.linspace(-1, 1, 32).astype(np.float32)}
+print(json.dumps({"bad": testing.differences(bad), "good": testing.differences(good),
+                  "loss_good": testing.differences(testing.loss_layouts(make_loss, 1.5, batch)),
+                  "loss_bad": testing.differences(
+                      testing.loss_layouts(make_bad_loss, 1.5, batch))}))
 """
 
 
@@ -33,6 +50,8 @@ def test_harness_catches_local_normalization():
   assert res["bad"]["jit_sharded"] <= 1e-6  # global-view code is right by construction
   assert res["bad"]["shard_map"] > 0.1 and res["bad"]["pmap"] > 0.1
   assert max(res["good"].values()) <= 1e-6
+  assert max(res["loss_good"].values()) <= 1e-6
+  assert res["loss_bad"]["jit_sharded"] <= 1e-6 and res["loss_bad"]["shard_map"] > 0.1
 
 
 def test_max_difference_and_errors():

@@ -112,35 +112,11 @@ def test_training_separates_two_gaussians():
 
 LOSS_LAYOUTS = '''
 import json, numpy as np, jax, jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
-from reweight import parallel
+from reweight import testing
 
 
 def loss_layouts(make_loss, params, batch):
-  """make_loss(axis_name) -> f(params, batch) -> (scalar share, per-example [B])."""
-  def glob(p, b):
-    (l, pe), g = jax.value_and_grad(make_loss(None), has_aux=True)(p, b)
-    return l, g, pe
-
-  def loc(p, b):
-    (l, pe), g = jax.value_and_grad(make_loss("data"), has_aux=True)(p, b)
-    return jax.lax.psum(l, "data"), jax.lax.psum(g, "data"), pe
-
-  out = {"single": jax.jit(glob)(*jax.device_put((params, batch), jax.devices()[0]))}
-  mesh = parallel.make_mesh()
-  out["jit_sharded"] = jax.jit(glob)(parallel.replicate(params, mesh),
-                                     parallel.shard_batch(batch, mesh))
-  out["shard_map"] = jax.jit(jax.shard_map(
-      loc, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P(), P("data")),
-      check_vma=False))(params, batch)
-  n = len(jax.devices())
-  split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
-  l, g, pe = jax.pmap(loc, axis_name="data", in_axes=(None, 0))(
-      params, jax.tree.map(split, batch))
-  out["pmap"] = (l[0], jax.tree.map(lambda x: x[0], g), pe.reshape((-1,) + pe.shape[2:]))
-  flat = {m: np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(v)])
-          for m, v in out.items()}
-  return {m: float(np.max(np.abs(flat[m] - flat["single"]))) for m in flat}
+  return testing.differences(testing.loss_layouts(make_loss, params, batch))
 '''
 
 SHARDING_CODE = LOSS_LAYOUTS + """
