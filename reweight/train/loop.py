@@ -145,7 +145,8 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
       state = state_lib.TrainState(*state)
       it.set_state(restored["data"])
       history = _read_history(metrics_path, latest)
-  state = parallel.replicate(state, mesh)
+  # The step donates its input state: copy it, so the caller's `params` stay usable.
+  state = parallel.replicate(jax.tree.map(lambda x: jnp.array(x, copy=True), state), mesh)
   checkpoint_every = checkpoint_every or eval_every
 
   has_noise = "is_noisy" in train_ds

@@ -39,7 +39,10 @@ def test_resume_continues_the_same_trajectory(tmp_path):
 
 
 def test_learns_and_tracks_noisy_weight_share():
-  res = loop.train(steps=60, **setup())
+  s = setup()
+  res = loop.train(steps=60, **s)
+  # The caller's params are not donated away (the step donates its own copy).
+  assert np.isfinite(np.asarray(jax.tree.leaves(s["params"])[0]).sum())
   hist = res.history
   assert hist[-1]["test_accuracy"] > 0.8  # digits with 40% noise, 60 steps of Adam
   assert all(0.0 <= r["noisy_weight_share"] <= 1.0 for r in hist)
