@@ -28,7 +28,6 @@ import reweight
 from reweight.losses import softmax_cross_entropy
 from reweight.train.models import functional, make_model
 
-
 NUM_EXAMPLES = 4096  # size of the (virtual) training set behind per-example tables
 
 

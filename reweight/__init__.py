@@ -8,9 +8,22 @@ transforms.
 
 from reweight import annealing_law, curriculum, losses, optim, parallel, reparam, sample, schedules
 from reweight.base import (
-    EmptyState, Weighting, chain, clip, diagnostics, effective_sample_size, interpolate,
-    max_weight, named_chain, normalize, num_nonfinite, uniform, valid_mask, weight_entropy,
-    weighted)
+    EmptyState,
+    Weighting,
+    chain,
+    clip,
+    diagnostics,
+    effective_sample_size,
+    interpolate,
+    max_weight,
+    named_chain,
+    normalize,
+    num_nonfinite,
+    uniform,
+    valid_mask,
+    weight_entropy,
+    weighted,
+)
 
 __version__ = "0.1.0"
 

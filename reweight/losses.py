@@ -203,7 +203,6 @@ def sequence_mean(token_losses: Array, token_mask: Array | None = None) -> Array
   return total / jnp.maximum(jnp.sum(m, axis=-1), 1)
 
 
-from reweight.anyloss import balanced_accuracy_loss, f_beta_loss  # noqa: E402  (batch-level)
 
 LOSSES = {
     "ce": softmax_cross_entropy,

@@ -3,7 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import log_softmax as np_log_softmax, logsumexp as np_logsumexp
+from scipy.special import log_softmax as np_log_softmax
+from scipy.special import logsumexp as np_logsumexp
 
 from reweight import losses
 

@@ -35,8 +35,10 @@ from reweight.data.samplers import (
     mixture_sampler,
     random_subset_per_epoch,
 )
+from reweight.data.text import TextCorpus, eval_windows, lm_batch, stdlib_corpus
 
 __all__ = [
+    "TextCorpus", "eval_windows", "lm_batch", "stdlib_corpus",
     "DATASETS",
     "NOISE_KINDS",
     "Digits",

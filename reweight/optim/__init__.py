@@ -3,14 +3,34 @@
 from reweight.optim import averaging, grad_norms
 from reweight.optim.adalora_budget import AdaLoraBudgetState, adalora_budget, budget_table
 from reweight.optim.averaging import (
-    EmaParamsState, SwaState, average_orbax_checkpoints, averaged_params, checkpoint_average,
-    checkpoint_weights, ema_params, swa)
+    EmaParamsState,
+    SwaState,
+    average_orbax_checkpoints,
+    averaged_params,
+    checkpoint_average,
+    checkpoint_weights,
+    ema_params,
+    swa,
+)
 from reweight.optim.grad_norms import (
-    GradNormsState, find_grad_norms_state, record_grad_norms, recorded_norms)
+    GradNormsState,
+    find_grad_norms_state,
+    record_grad_norms,
+    recorded_norms,
+)
 from reweight.optim.projections import (
-    NormalizeAndProjectState, ProjectRadialState, SGDPState, SpectralState, adamp,
-    normalize_and_project, project_radial, sgdp, spectral_clip, spectral_hammer,
-    spectral_normalize)
+    NormalizeAndProjectState,
+    ProjectRadialState,
+    SGDPState,
+    SpectralState,
+    adamp,
+    normalize_and_project,
+    project_radial,
+    sgdp,
+    spectral_clip,
+    spectral_hammer,
+    spectral_normalize,
+)
 from reweight.optim.sparse_mask import LiftState, lift, principal_mask_indices
 
 __all__ = [

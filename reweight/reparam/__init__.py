@@ -13,7 +13,13 @@ from reweight.reparam.eva import collect_inputs, eva, eva_fit, redistribute_rank
 from reweight.reparam.lora import dora, lora
 from reweight.reparam.merge import init_train, merge, tree_bytes, unmerge
 from reweight.reparam.patches import (
-    apply_patches, patch, patch_add, patch_remove, patch_scale, project_off)
+    apply_patches,
+    patch,
+    patch_add,
+    patch_remove,
+    patch_scale,
+    project_off,
+)
 
 __all__ = [
     "Reparam",

@@ -13,13 +13,20 @@ from reweight.sample.loss_based import loss_based
 from reweight.sample.meta import l2rw, meta_weight_net, self_taught
 from reweight.sample.multi_sample_dropout import dropout_masks, multi_sample_dropout
 from reweight.sample.saf import (
-    SAFMemory, read_memory, saf_loss, saf_memory, saf_memory_writer, update_memory)
+    SAFMemory,
+    read_memory,
+    saf_loss,
+    saf_memory,
+    saf_memory_writer,
+    update_memory,
+)
 
 WEIGHTINGS = ("class_balanced", "ease_curriculum", "focal_weights", "l2rw", "loss_based",
               "meta_weight_net", "saf_memory_writer", "self_paced", "self_taught")
 
 __all__ = [
-    "WEIGHTINGS", "SAFMemory", "binary_margins", "class_balanced", "dropout_masks", "ease_curriculum",
+    "WEIGHTINGS", "SAFMemory",
+    "binary_margins", "class_balanced", "dropout_masks", "ease_curriculum",
     "ensloss", "ensloss_derivatives", "focal_weights", "l2rw", "loss_based", "meta_weight_net",
     "multi_sample_dropout", "read_memory", "saf_loss", "saf_memory", "saf_memory_writer",
     "self_paced", "self_taught", "update_memory",

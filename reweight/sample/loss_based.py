@@ -32,7 +32,14 @@ import jax.numpy as jnp
 
 from reweight import parallel
 from reweight.base import (
-    CountState, ScalarOrSchedule, Weighting, current_step, resolve, softmax_weights, valid_mask)
+  CountState,
+  ScalarOrSchedule,
+  Weighting,
+  current_step,
+  resolve,
+  softmax_weights,
+  valid_mask,
+)
 from reweight.parallel import AxisName
 
 STRATEGIES = {

@@ -2,7 +2,15 @@
 
 from reweight.train.loop import RunResult, evaluate, train
 from reweight.train.models import (
-    CNN, MLP, MODELS, Functional, Transformer, functional, make_model, split_model)
+    CNN,
+    MLP,
+    MODELS,
+    Functional,
+    Transformer,
+    functional,
+    make_model,
+    split_model,
+)
 from reweight.train.state import TrainState, create, params_of
 from reweight.train.step import classification_loss, make_eval_step, make_train_step
 

@@ -27,8 +27,8 @@ import optax
 from tqdm.auto import tqdm
 
 import reweight
-from reweight.data import corruptions, datasets
 from reweight import parallel
+from reweight.data import corruptions, datasets
 from reweight.train import loop, plots
 from reweight.train.models import functional, make_model
 from reweight.train.step import classification_loss, make_eval_step, make_train_step

@@ -37,6 +37,9 @@ def curves(runs: Mapping[str, Sequence[list[dict]]], path: str,
     path: the PNG to write.
   """
   fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+  colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10").colors
+  for ax in axes[0]:
+    ax.set_prop_cycle(color=colors)
   for ax, key in zip(axes[0], keys):
     for method, (steps, mean, std) in curve_data(runs, key).items():
       (line,) = ax.plot(steps, mean, label=method)

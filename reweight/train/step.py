@@ -18,10 +18,15 @@ import optax
 from reweight import losses as losses_lib
 from reweight import parallel
 from reweight.base import (
-    Weighting, diagnostics, split_loss_output, valid_mask, weighted, weighted_mean,
-    weighting_inputs)
+  Weighting,
+  diagnostics,
+  split_loss_output,
+  valid_mask,
+  weighted,
+  weighted_mean,
+  weighting_inputs,
+)
 from reweight.reparam._core import Reparam
-from reweight.train.state import TrainState
 
 PyTree = Any
 
