@@ -14,7 +14,7 @@ import ml_collections
 # Learning rates chosen once with `experiments/noisy_labels.py --validate` (CE on the clean
 # labels, a validation split of 20% of TRAIN, 2 seeds), never on the test split; the steps
 # are a fixed budget past the plateau of that validation curve. See
-# experiments/results/noisy_labels.md.
+# experiments/README.md.
 TRAINING = {
     "digits": {
         "model": "mlp",

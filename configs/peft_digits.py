@@ -8,7 +8,7 @@ block size must divide 64 and 128), DoRA r=4 (+256 magnitudes), AdaLoRA r 6 -> 4
 allocated, rank 4 on average at the end), EVA total rank 8 (1,536-2,048 after
 redistribution), LIFT k = (in + out) * 4 entries per kernel (1,792). The head (645) is
 trained by every method. Learning rates: the best of `tune_learning_rates` on a validation
-split of the task-B training set (`--config.mode=tune`, see experiments/results/peft.md).
+split of the task-B training set (`--config.mode=tune`, see experiments/README.md).
 """
 
 import ml_collections

@@ -9,7 +9,7 @@ allocated, rank 4 on average at the end), EVA total rank 8 (1,344-2,048 after
 redistribution), LIFT k = (in + out) * 4 entries per kernel (1,696). The head (645) is
 trained by every method. An MLP, not the CNN: the reparameterizations act on 2-D kernels.
 Learning rates: the best of `tune_learning_rates` on a validation split of the task-B
-training set (`--config.mode=tune`, see experiments/results/peft.md).
+training set (`--config.mode=tune`, see experiments/README.md).
 """
 
 import ml_collections
