@@ -32,7 +32,7 @@ Examples:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -364,7 +364,7 @@ def split_loss_output(out) -> tuple[Array, dict]:
 
 
 def weighting_inputs(batch: Any, aux: Mapping, params: PyTree, step, kwargs: Mapping,
-                     loss_fn: Callable, axis_name: AxisName = None) -> dict[str, Any]:
+                     loss_fn: Callable) -> dict[str, Any]:
   """What a weighting sees, by the rule of DESIGN 2.2 (also used by the trainer)."""
   extras: dict[str, Any] = {}
   if isinstance(batch, Mapping):
@@ -443,7 +443,7 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
     def losses_only(p, b):
       return split_loss_output(per_example_loss_fn(p, b, **fn_kwargs))[0]
 
-    extras = weighting_inputs(batch, aux, params, step, kwargs, losses_only, axis_name)
+    extras = weighting_inputs(batch, aux, params, step, kwargs, losses_only)
     mask = extras.pop("mask", None)
     weights, new_state = weighting.update(
         jax.lax.stop_gradient(losses), weighting_state, mask=mask, **extras)
@@ -459,8 +459,3 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
     return loss, (new_state, info)
 
   return loss_fn
-
-
-def stack_states(states: Sequence[PyTree]) -> PyTree:
-  """Stacks a list of states along a new leading axis (for `jax.vmap` over seeds)."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
