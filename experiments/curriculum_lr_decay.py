@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +57,7 @@ import reweight
 from reweight import curriculum, parallel, schedules
 from reweight.data import corruptions, datasets, pipeline, samplers
 from reweight.optim import averaging
+from reweight.optim.lr_table import scale_by_lr_table
 from reweight.train import loop, plots
 from reweight.train.models import functional, make_model
 from reweight.train.state import create
@@ -159,33 +159,6 @@ def make_schedule(spec: Mapping, peak: float, total_steps: int, warmup_steps: in
                          shape=spec.get("shape", "linear"),
                          final_ratio=spec.get("final_ratio", 0.0))
   raise ValueError(f"kind={kind!r} is not one of {list(SCHEDULE_KINDS)}")
-
-
-class LrTableState(NamedTuple):
-  """State of `scale_by_lr_table`: the step count and the per-step learning rates."""
-  count: jax.Array
-  lrs: jax.Array
-
-
-def scale_by_lr_table(lrs) -> optax.GradientTransformation:
-  """Multiplies the updates of step t by ``lrs[t]`` (held at ``lrs[-1]`` after the end).
-
-  The table lives in the optimizer state, not in the compiled program, so every schedule
-  of the same length runs on one jitted train step.
-  """
-  lrs = jnp.asarray(lrs, jnp.float32)
-
-  def init_fn(params):
-    del params  # a fresh copy of the table: train steps donate their state
-    return LrTableState(jnp.zeros([], jnp.int32), jnp.array(lrs, copy=True))
-
-  def update_fn(updates, state, params=None):
-    del params
-    lr = state.lrs[jnp.minimum(state.count, state.lrs.shape[0] - 1)]
-    updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
-    return updates, LrTableState(state.count + 1, state.lrs)
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def make_optimizer(config, lrs) -> optax.GradientTransformation:

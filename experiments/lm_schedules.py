@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,38 +58,12 @@ import reweight
 from reweight import annealing_law, losses, parallel, schedules
 from reweight.data import text
 from reweight.optim import grad_norms
+from reweight.optim.lr_table import scale_by_lr_table
 from reweight.train.models import functional, make_model
 from reweight.train.state import create
 from reweight.train.step import make_train_step
 
 SCHEDULE_KINDS = ("constant", "cosine", "linear", "wsd", "refined")
-
-
-class LrTableState(NamedTuple):
-  """State of `scale_by_lr_table`: the step count and the per-step learning rates."""
-  count: jax.Array
-  lrs: jax.Array
-
-
-def scale_by_lr_table(lrs) -> optax.GradientTransformation:
-  """Multiplies the updates of step t by ``lrs[t]`` (held at ``lrs[-1]`` after the end).
-
-  The table lives in the state (not in the compiled program), so runs with different
-  schedules of the same length share one jitted train step.
-  """
-  lrs = jnp.asarray(lrs, jnp.float32)
-
-  def init_fn(params):
-    del params  # a fresh copy of the table: train steps donate their state
-    return LrTableState(jnp.zeros([], jnp.int32), jnp.array(lrs, copy=True))
-
-  def update_fn(updates, state, params=None):
-    del params
-    lr = state.lrs[jnp.minimum(state.count, state.lrs.shape[0] - 1)]
-    updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
-    return updates, LrTableState(state.count + 1, state.lrs)
-
-  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def make_optimizer(config, lrs) -> optax.GradientTransformation:

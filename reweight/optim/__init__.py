@@ -18,6 +18,7 @@ from reweight.optim.grad_norms import (
     record_grad_norms,
     recorded_norms,
 )
+from reweight.optim.lr_table import LrTableState, scale_by_lr_table
 from reweight.optim.projections import (
     NormalizeAndProjectState,
     ProjectRadialState,
@@ -38,7 +39,8 @@ __all__ = [
     "average_orbax_checkpoints", "averaged_params", "averaging", "budget_table",
     "checkpoint_average", "checkpoint_weights", "ema_params", "find_grad_norms_state",
     "grad_norms", "record_grad_norms", "recorded_norms", "swa",
-    "LiftState", "NormalizeAndProjectState", "ProjectRadialState", "SGDPState", "SpectralState",
+    "LiftState", "LrTableState", "scale_by_lr_table",
+    "NormalizeAndProjectState", "ProjectRadialState", "SGDPState", "SpectralState",
     "adamp", "lift", "normalize_and_project", "principal_mask_indices", "project_radial",
     "sgdp", "spectral_clip", "spectral_hammer", "spectral_normalize",
 ]

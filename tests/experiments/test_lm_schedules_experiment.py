@@ -11,6 +11,7 @@ import scipy.ndimage
 
 from configs import lm_schedules as config_lib
 from experiments import lm_schedules as exp
+from reweight.optim.lr_table import scale_by_lr_table
 
 
 def tiny_config():
@@ -93,7 +94,7 @@ def test_lr_table_matches_optax_adamw_with_the_schedule():
   c.steps = 6
   schedule = optax.cosine_decay_schedule(0.1, 6)
   ours = optax.chain(optax.adamw(1.0, b1=0.9, b2=0.95, weight_decay=c.weight_decay),
-                     exp.scale_by_lr_table(schedule(jnp.arange(6))))
+                     scale_by_lr_table(schedule(jnp.arange(6))))
   full = exp.make_optimizer(c, schedule(jnp.arange(6)))
   ref = optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=c.weight_decay)
   p0 = {"w": jnp.array([1.0, -2.0, 3.0])}
