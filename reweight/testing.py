@@ -248,6 +248,21 @@ def differences(results: Mapping[str, Mapping[str, np.ndarray]],
   return {m: max_difference(results, reference, m) for m in results}
 
 
+def assert_layouts_agree(differences_by_name: Mapping[str, Mapping[str, float]],
+                         atol: float = 1e-6) -> None:
+  """Asserts every check ran in all `MODES` and stayed within ``atol`` of ``single``.
+
+  Args:
+    differences_by_name: ``{check: {mode: max difference to single}}``, e.g. one
+      `differences` result per weighting.
+    atol: the largest difference allowed.
+  """
+  for name, diffs in differences_by_name.items():
+    assert set(diffs) == set(MODES), (name, sorted(diffs))
+    for mode, d in diffs.items():
+      assert d <= atol, (name, mode, d)
+
+
 def max_difference(results: Mapping[str, Mapping[str, np.ndarray]], a: str, b: str) -> float:
   """Largest absolute difference between two layouts' outputs (all keys)."""
   ra, rb = results[a], results[b]

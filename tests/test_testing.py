@@ -63,3 +63,12 @@ def test_max_difference_and_errors():
     testing.layouts(lambda axis_name=None: None, np.zeros(2), modes=("tpu",))
   with pytest.raises(RuntimeError, match="subprocess failed"):
     testing.run_with_devices("raise SystemExit(3)", 2)
+
+
+def test_assert_layouts_agree():
+  ok = {m: 0.0 for m in testing.MODES}
+  testing.assert_layouts_agree({"a": ok, "b": dict(ok, pmap=1e-7)})
+  with pytest.raises(AssertionError, match="pmap"):
+    testing.assert_layouts_agree({"a": dict(ok, pmap=1e-5)})
+  with pytest.raises(AssertionError):
+    testing.assert_layouts_agree({"a": {"single": 0.0, "shard_map": 0.0}})

@@ -52,5 +52,4 @@ print(json.dumps({m: testing.max_difference(out, "single", m) for m in out}))
 @pytest.mark.multidevice
 def test_sharding_layouts_agree():
   res = testing.run_with_devices(CODE, 8)
-  assert set(res) == {"single", "jit_sharded", "shard_map", "pmap"}
-  assert max(res.values()) <= 1e-6, res
+  testing.assert_layouts_agree({"class_balanced": res})

@@ -136,7 +136,4 @@ def sharding_results():
 def test_equal_on_1_device_8_devices_shard_map_and_pmap(sharding_results):
   res = dict(sharding_results)
   assert res.pop("devices") == 8
-  diffs = res["gradients"]
-  assert set(diffs) == {"single", "jit_sharded", "shard_map", "pmap"}
-  for mode, d in diffs.items():
-    assert d <= 1e-6, (mode, d)
+  testing.assert_layouts_agree({"gradients": res["gradients"]})
