@@ -6,32 +6,22 @@ accuracy of each run with a NumPy forward pass of the saved parameters, and the
 class-balanced weights from the effective-number formula with those counts.
 """
 
-import importlib.util
 import json
 import os
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from experiment_checks import mlp_predictions, table_row
 
 from configs import class_imbalance as imbalance_config
+from experiments import class_imbalance as imbalance
 from reweight.data import datasets
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("ce", "class_balanced", "l2rw")
 SETTING = "digits_ratio10"
 BATCH = 32
 
 
-def load_experiment():
-  spec = importlib.util.spec_from_file_location(
-      "class_imbalance_experiment", os.path.join(ROOT, "experiments", "class_imbalance.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-imbalance = load_experiment()
 
 
 def tiny_config():
@@ -67,27 +57,10 @@ def run_dir(workdir, method):
 
 
 def numpy_balanced_accuracy(workdir, method):
-  """Mean per-class test accuracy of the saved final MLP, ``relu(x W0 + b0) Wh + bh``."""
-  manager = ocp.CheckpointManager(os.path.join(run_dir(workdir, method), "checkpoints"))
-  state = manager.restore(manager.latest_step(),
-                          args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  manager.close()
-  p = state["trainable"]
+  """Mean per-class test accuracy of the saved final MLP, recomputed in NumPy."""
   test = datasets.load("digits", "test")
-  x = np.asarray(test["x"], np.float64)
-  h = np.maximum(x @ np.asarray(p["hidden"]["0"]["kernel"], np.float64)
-                 + np.asarray(p["hidden"]["0"]["bias"], np.float64), 0.0)
-  pred = np.argmax(h @ np.asarray(p["head"]["kernel"], np.float64)
-                   + np.asarray(p["head"]["bias"]), 1)
-  y = test["label"]
+  pred, y = mlp_predictions(run_dir(workdir, method), test["x"]), test["label"]
   return float(np.mean([np.mean(pred[y == c] == c) for c in range(10)]))
-
-
-def table_row(text, section, method):
-  body = text.split(f"## {section}\n", 1)[1]
-  rows = [line for line in body.splitlines() if line.startswith(f"| {method} |")]
-  assert rows, (section, method)
-  return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 
 def test_report_is_written_and_printed(finished):

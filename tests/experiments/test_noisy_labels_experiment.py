@@ -6,31 +6,21 @@ parameters, the weight share on noisy labels from the saved weights and noise fl
 the gap closed from its formula; the report must show exactly those numbers.
 """
 
-import importlib.util
 import json
 import os
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from experiment_checks import mlp_predictions, table_row
 
 from configs import noisy_labels as noisy_config
+from experiments import noisy_labels as noisy
 from reweight.data import datasets
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ("ce", "gce", "l2rw", "ce_clean")
 SETTING = "digits_symmetric40"
 
 
-def load_experiment():
-  spec = importlib.util.spec_from_file_location(
-      "noisy_labels_experiment", os.path.join(ROOT, "experiments", "noisy_labels.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-noisy = load_experiment()
 
 
 def tiny_config():
@@ -59,25 +49,9 @@ def run_dir(workdir, method):
 
 
 def numpy_test_accuracy(workdir, method):
-  """Accuracy of the saved final MLP on the test split, ``relu(x W0 + b0) Wh + bh``."""
-  manager = ocp.CheckpointManager(os.path.join(run_dir(workdir, method), "checkpoints"))
-  state = manager.restore(manager.latest_step(),
-                          args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  manager.close()
-  p = state["trainable"]
+  """Accuracy of the saved final MLP on the test split, recomputed in NumPy."""
   test = datasets.load("digits", "test")
-  x = np.asarray(test["x"], np.float64)
-  h = np.maximum(x @ np.asarray(p["hidden"]["0"]["kernel"], np.float64)
-                 + np.asarray(p["hidden"]["0"]["bias"], np.float64), 0.0)
-  logits = h @ np.asarray(p["head"]["kernel"], np.float64) + np.asarray(p["head"]["bias"])
-  return float(np.mean(np.argmax(logits, 1) == test["label"]))
-
-
-def table_row(text, section, method):
-  body = text.split(f"## {section}\n", 1)[1]
-  rows = [line for line in body.splitlines() if line.startswith(f"| {method} |")]
-  assert rows, (section, method)
-  return [cell.strip() for cell in rows[0].strip("|").split("|")]
+  return float(np.mean(mlp_predictions(run_dir(workdir, method), test["x"]) == test["label"]))
 
 
 def test_report_is_written_and_printed(finished):

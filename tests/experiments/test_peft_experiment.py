@@ -5,7 +5,6 @@ optimizer-state bytes against Adam's two moments per trainable entry, and the pr
 model's task-A accuracy against a NumPy forward pass of the saved parameters.
 """
 
-import importlib.util
 import json
 import os
 
@@ -13,21 +12,12 @@ import numpy as np
 import pytest
 
 from configs import peft_digits, peft_mnist1d
+from experiments import peft
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HIDDEN = (24, 16)
 CLASSES = 5
 
 
-def load_experiment():
-  spec = importlib.util.spec_from_file_location(
-      "peft_experiment", os.path.join(ROOT, "experiments", "peft.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-peft = load_experiment()
 
 
 def tiny_config(methods=("full", "head_only", "lora", "lift", "eva")):
