@@ -138,6 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   mesh = parallel.make_mesh()
   runs: dict[str, list] = {}
   finals: dict[str, list] = {}
+  prepared: dict[int, tuple] = {}
   methods = dict(config.methods)
   total = len(methods) * len(config.seeds)
   outer = tqdm(total=total, desc="runs", disable=not progress)
@@ -156,7 +157,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
         finals[method].append({k: np.asarray(v) for k, v in saved["final_weights"].items()})
         outer.update()
         continue
-      train, meta, test, num_classes = prepare_data(config, seed)
+      if seed not in prepared:  # the same for every method: read and corrupt once
+        prepared[seed] = prepare_data(config, seed)
+      train, meta, test, num_classes = prepared[seed]
       if spec.get("clean_labels", False) and "clean_label" in train:
         train = dict(train, label=train["clean_label"])
       fn = functional(make_model(config.model, seed=seed, num_classes=num_classes,

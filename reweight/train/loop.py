@@ -45,6 +45,13 @@ class RunResult(NamedTuple):
   final_weights: dict[str, np.ndarray]
 
 
+@jax.jit
+def _weight_sums(weights, is_noisy=None):
+  """``(sum of the weights on noisy examples, sum of all weights)`` of a batch."""
+  noisy = 0.0 if is_noisy is None else jnp.sum(weights * is_noisy)
+  return noisy, jnp.sum(weights)
+
+
 def evaluate(eval_step: Callable, state, dataset: Mapping[str, np.ndarray], batch_size: int,
              mesh) -> dict[str, float]:
   """Accuracy, balanced accuracy and mean CE over a whole split (padded batches)."""
@@ -172,10 +179,9 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     batch = parallel.shard_batch({k: host_batch[k] for k in fields}, mesh)
     state, metrics = train_step(state, batch, **loss_kwargs)
     w = metrics["weights"]
-    noisy = batch["is_noisy"].astype(jnp.float32) if has_noise else jnp.zeros_like(w)
-    pending.append((metrics["mean_loss"], jnp.sum(w * noisy), jnp.sum(w)))
-    if step >= steps - steps_per_epoch:
-      final["weights"].append(np.asarray(w))
+    pending.append((metrics["mean_loss"], *_weight_sums(w, batch.get("is_noisy"))))
+    if step >= steps - steps_per_epoch:  # fetched from the device once, after the loop
+      final["weights"].append(w)
       final["label"].append(host_batch["label"])
       if has_noise:
         final["is_noisy"].append(host_batch["is_noisy"])
@@ -200,5 +206,6 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   bar.close()
   if manager is not None:
     manager.close()
+  final["weights"] = jax.device_get(final["weights"])
   final_weights = {k: np.concatenate(v) for k, v in final.items() if v}
   return RunResult(history, state, final_weights)
