@@ -23,10 +23,10 @@ import tensorflow_datasets as tfds
 
 from reweight.data import digits as _digits
 from reweight.data import mnist1d as _mnist1d
+from reweight.data._builder import SPLITS
 
 BUILDERS = {"digits": _digits.Digits, "mnist1d": _mnist1d.Mnist1d}
 DATASETS = tuple(BUILDERS)
-SPLITS = ("train", "test")
 _NUM_CLASSES = {"digits": _digits.NUM_CLASSES, "mnist1d": _mnist1d.NUM_CLASSES}
 DATA_DIR_ENV = "REWEIGHT_DATA_DIR"
 

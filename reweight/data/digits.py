@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from reweight.data._builder import SPLITS, ArrayBuilder
 
 NUM_CLASSES = 10
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-SPLITS = ("train", "test")
 
 
 def digits_split_indices() -> dict[str, np.ndarray]:
@@ -84,38 +84,17 @@ def digits_arrays(split: str) -> dict[str, np.ndarray]:
   }
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(ArrayBuilder):
   """TFDS builder for scikit-learn's 8x8 digits with a fixed stratified 80/20 split."""
 
   name = "digits"
   VERSION = tfds.core.Version("1.0.0")
-  # TFDS 4.9.10 resolves `code_path` of a builder defined in a package through the
-  # `importlib_resources` backport, which it only declares for Python < 3.9
-  # (tensorflow/datasets#11212). The path is only used to look for a checksums file.
-  code_path = epath.Path(__file__)
   RELEASE_NOTES = {"1.0.0": "Initial release: flattened x in [0, 1], stratified 80/20 split."}
+  NUM_FEATURES = 64
+  NUM_CLASSES = NUM_CLASSES
+  DESCRIPTION = ("scikit-learn's bundled 8x8 handwritten digits (1797 images), flattened to 64 "
+                 "values in [0, 1], with a fixed stratified 80/20 train/test split (seed 0).")
+  HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "scikit-learn's bundled 8x8 handwritten digits (1797 images), flattened to 64 "
-            "values in [0, 1], with a fixed stratified 80/20 train/test split (seed 0)."
-        ),
-        features=tfds.features.FeaturesDict({
-            "x": tfds.features.Tensor(shape=(64,), dtype=np.float32),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            "id": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=("x", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the data ship with scikit-learn.
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split):
-    ds = digits_arrays(split)
-    for i in range(len(ds["id"])):
-      yield int(ds["id"][i]), {k: v[i] for k, v in ds.items()}
+  def _arrays(self):
+    return {split: digits_arrays(split) for split in SPLITS}

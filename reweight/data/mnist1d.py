@@ -24,10 +24,10 @@ import random
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from reweight.data._builder import SPLITS, ArrayBuilder
 
 NUM_CLASSES = 10
-SPLITS = ("train", "test")
 
 
 def mnist1d_arrays() -> dict[str, dict[str, np.ndarray]]:
@@ -61,38 +61,17 @@ def mnist1d_arrays() -> dict[str, dict[str, np.ndarray]]:
   return out
 
 
-class Mnist1d(tfds.core.GeneratorBasedBuilder):
+class Mnist1d(ArrayBuilder):
   """TFDS builder for MNIST-1D (standard 4000/1000 split), generated without network."""
 
   name = "mnist1d"
   VERSION = tfds.core.Version("1.0.0")
-  # TFDS 4.9.10 resolves `code_path` of a builder defined in a package through the
-  # `importlib_resources` backport, which it only declares for Python < 3.9
-  # (tensorflow/datasets#11212). The path is only used to look for a checksums file.
-  code_path = epath.Path(__file__)
   RELEASE_NOTES = {"1.0.0": "Initial release: make_dataset(get_dataset_args()), 4000/1000."}
+  NUM_FEATURES = 40
+  NUM_CLASSES = NUM_CLASSES
+  DESCRIPTION = ("MNIST-1D: 1-D signals of length 40 in 10 classes, generated locally with "
+                 "mnist1d.data.make_dataset(get_dataset_args()); standard 4000/1000 split.")
+  HOMEPAGE = "https://github.com/greydanus/mnist1d"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "MNIST-1D: 1-D signals of length 40 in 10 classes, generated locally with "
-            "mnist1d.data.make_dataset(get_dataset_args()); standard 4000/1000 split."
-        ),
-        features=tfds.features.FeaturesDict({
-            "x": tfds.features.Tensor(shape=(40,), dtype=np.float32),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            "id": tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=("x", "label"),
-        homepage="https://github.com/greydanus/mnist1d",
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Generated locally; nothing is downloaded.
-    arrays = mnist1d_arrays()
-    return {split: self._generate_examples(arrays[split]) for split in SPLITS}
-
-  def _generate_examples(self, ds):
-    for i in range(len(ds["id"])):
-      yield int(ds["id"][i]), {k: v[i] for k, v in ds.items()}
+  def _arrays(self):
+    return mnist1d_arrays()
