@@ -105,3 +105,25 @@ def replace_at(tree: PyTree, new: Mapping[str, Any]) -> PyTree:
     raise ValueError(f"paths {missing} are not leaves of the tree; available: {sorted(flat)}")
   flat.update(new)
   return unflatten_like(tree, flat)
+
+
+def additive(init: Callable[..., tuple[PyTree, PyTree]],
+             delta: Callable[[Any, Any], Any]) -> Reparam:
+  """A `Reparam` of the form ``W' = W + delta(trainable[path])`` on the targeted leaves.
+
+  Args:
+    init: the reparameterization's ``init(params, key, **data) -> (trainable, frozen)``,
+      with ``trainable`` a ``{path: entry}`` dict.
+    delta: ``delta(entry, dtype) -> increment`` of the leaf's shape, cast to ``dtype``.
+
+  Returns:
+    ``Reparam(init, apply, unapply)``, where ``unapply`` subtracts the same increment.
+  """
+
+  def shifted(trainable: PyTree, tree: PyTree, sign: float) -> PyTree:
+    flat = flatten_with_paths(tree)
+    return replace_at(tree, {p: flat[p] + sign * delta(e, flat[p].dtype)
+                             for p, e in trainable.items()})
+
+  return Reparam(init, lambda trainable, frozen: shifted(trainable, frozen, 1.0),
+                 lambda trainable, params: shifted(trainable, params, -1.0))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reweight.reparam._core import PyTree, Reparam, flatten_with_paths, replace_at, select
+from reweight.reparam._core import PyTree, Reparam, additive, flatten_with_paths, select
 
 # PEFT divides by ``ranknum + 1e-5``.
 _RANKNUM_EPS = 1e-5
@@ -86,17 +86,7 @@ def adalora(init_rank: int, alpha: float, targets: str, *, dtype: Any = None) ->
       }
     return trainable, params
 
-  def apply_fn(trainable: PyTree, frozen: PyTree) -> PyTree:
-    flat = flatten_with_paths(frozen)
-    return replace_at(frozen, {
-        p: flat[p] + _delta(e, scale, flat[p].dtype) for p, e in trainable.items()})
-
-  def unapply_fn(trainable: PyTree, params: PyTree) -> PyTree:
-    flat = flatten_with_paths(params)
-    return replace_at(params, {
-        p: flat[p] - _delta(e, scale, flat[p].dtype) for p, e in trainable.items()})
-
-  return Reparam(init_fn, apply_fn, unapply_fn)
+  return additive(init_fn, lambda entry, dtype: _delta(entry, scale, dtype))
 
 
 def triplet_path(prefix: str, name: str) -> str:

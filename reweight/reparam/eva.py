@@ -57,9 +57,9 @@ import numpy as np
 from reweight.reparam._core import (
     PyTree,
     Reparam,
+    additive,
     flatten_with_paths,
     path_str,
-    replace_at,
     select,
 )
 
@@ -410,15 +410,7 @@ def eva(
     r_l = entry["lora_a"].shape[1]
     return (scale(r_l) * (entry["lora_a"] @ entry["lora_b"])).astype(dtype)
 
-  def apply_fn(trainable: PyTree, frozen: PyTree) -> PyTree:
-    flat = flatten_with_paths(frozen)
-    return replace_at(frozen, {p: flat[p] + delta(e, flat[p].dtype) for p, e in trainable.items()})
-
-  def unapply_fn(trainable: PyTree, params: PyTree) -> PyTree:
-    flat = flatten_with_paths(params)
-    return replace_at(params, {p: flat[p] - delta(e, flat[p].dtype) for p, e in trainable.items()})
-
-  return Reparam(init_fn, apply_fn, unapply_fn)
+  return additive(init_fn, delta)
 
 
 # --------------------------------------------------------------------------------------

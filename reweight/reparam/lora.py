@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from reweight.reparam._core import PyTree, Reparam, flatten_with_paths, replace_at, select
+from reweight.reparam._core import PyTree, Reparam, additive, flatten_with_paths, replace_at, select
 
 INITS = ("default", "gaussian", "pissa", "soma")
 
@@ -146,17 +146,7 @@ def lora(
     frozen = replace_at(params, residuals) if init in ("pissa", "soma") else params
     return trainable, frozen
 
-  def apply_fn(trainable: PyTree, frozen: PyTree) -> PyTree:
-    flat = flatten_with_paths(frozen)
-    return replace_at(frozen, {
-        p: flat[p] + _delta(e, scale, flat[p].dtype) for p, e in trainable.items()})
-
-  def unapply_fn(trainable: PyTree, params: PyTree) -> PyTree:
-    flat = flatten_with_paths(params)
-    return replace_at(params, {
-        p: flat[p] - _delta(e, scale, flat[p].dtype) for p, e in trainable.items()})
-
-  return Reparam(init_fn, apply_fn, unapply_fn)
+  return additive(init_fn, lambda entry, dtype: _delta(entry, scale, dtype))
 
 
 def dora(
