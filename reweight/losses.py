@@ -50,6 +50,18 @@ def _prepare(logits, labels, mask=None):
   return logits.astype(jnp.float32), log_probs, log_p_true, mask
 
 
+def log_likelihood(logits: Array, labels: Array) -> Array:
+  """``log p_y`` per example in float32, with the label checks of every loss here.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight.losses import log_likelihood
+    >>> round(float(log_likelihood(jnp.zeros((1, 4)), jnp.array([2]))[0]), 4)  # log 1/4
+    -1.3863
+  """
+  return _prepare(logits, labels)[2]
+
+
 def _masked(values, mask):
   return values if mask is None else jnp.where(mask, values, 0.0)
 

@@ -35,6 +35,7 @@ from reweight.base import (
   resolve,
   valid_mask,
 )
+from reweight.losses import log_likelihood
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -94,17 +95,7 @@ def log_p_true(logits: Array, labels: Array) -> Array:
     raise ValueError(f"logits of shape {logits.shape} need labels of shape "
                      f"{logits.shape[:1]}; use logits [B, C] with integer labels [B] or "
                      f"binary logits [B] with labels in {{0, 1}}")
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-  num_classes = logits.shape[-1]
-  if not isinstance(labels, jax.core.Tracer) and labels.size:
-    lab = np.asarray(labels)
-    bad = (lab < 0) | (lab >= num_classes)
-    if bad.any():
-      raise ValueError(f"label {int(lab[bad].flat[0])} is out of range: valid labels are "
-                       f"0..{num_classes - 1} for logits with {num_classes} classes")
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return log_likelihood(logits, labels)
 
 
 def focal_weights(gamma: ScalarOrSchedule = 2.0, *, axis_name: AxisName = None) -> Weighting:

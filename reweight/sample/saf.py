@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reweight.base import Weighting, valid_mask
+from reweight.losses import softmax_cross_entropy
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -264,19 +265,15 @@ def saf_loss(logits: Array, labels: Array, memory_logits: Array, tau: float = 5.
   logits = jnp.asarray(logits)
   labels = jnp.asarray(labels)
   memory_logits = jnp.asarray(memory_logits)
-  if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-    raise ValueError(f"logits of shape {logits.shape} need integer labels of shape "
-                     f"{logits.shape[:1]}, got labels of shape {labels.shape}")
+  if logits.ndim != 2:
+    raise ValueError(f"logits must have shape [batch, classes], got {logits.shape}")
   if memory_logits.shape != logits.shape:
     raise ValueError(f"memory_logits have shape {memory_logits.shape} but logits have shape "
                      f"{logits.shape}")
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
   if isinstance(tau, int | float) and not tau > 0:
     raise ValueError(f"tau={tau!r} must be positive")
   z = logits.astype(jnp.float32)
-  log_p = jax.nn.log_softmax(z, axis=-1)
-  ce = -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  ce = softmax_cross_entropy(z, labels)  # also checks the labels' shape, dtype and range
   past = jax.lax.stop_gradient(memory_logits).astype(jnp.float32)
   log_q = jax.nn.log_softmax(past / tau, axis=-1)
   log_p_tau = jax.nn.log_softmax(z / tau, axis=-1)
