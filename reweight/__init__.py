@@ -6,7 +6,17 @@ reparameterization (which directions of the weights may move), as pure functions
 transforms.
 """
 
-from reweight import annealing_law, curriculum, losses, optim, parallel, reparam, sample, schedules
+from reweight import (
+    annealing_law,
+    curriculum,
+    group,
+    losses,
+    optim,
+    parallel,
+    reparam,
+    sample,
+    schedules,
+)
 from reweight.base import (
     EmptyState,
     Weighting,
@@ -31,5 +41,5 @@ __all__ = [
     "EmptyState", "Weighting", "chain", "clip", "diagnostics", "effective_sample_size",
     "interpolate", "losses", "max_weight", "named_chain", "normalize", "num_nonfinite",
     "parallel", "sample", "uniform", "valid_mask", "weight_entropy", "weighted",
-    "annealing_law", "curriculum", "optim", "reparam", "schedules",
+    "annealing_law", "curriculum", "group", "optim", "reparam", "schedules",
 ]

@@ -177,6 +177,23 @@ def diagnostics(weights: Array, losses: Array, mask: Array | None = None,
   }
 
 
+def group_info(state: PyTree, weights: Array, losses: Array, groups: Array | None,
+               valid: Array, axis_name: AxisName = None) -> dict[str, Array]:
+  """Per-group diagnostics of a group method's step, for logs: empty for other weightings.
+
+  When the weighting's state has a ``probs`` field over groups (`reweight.group`) and the
+  batch has ``groups``: ``probs``, and `reweight.group.group_diagnostics` (per-group mean
+  loss, count and share of the total weight).
+  """
+  probs = getattr(state, "probs", None)
+  if probs is None or groups is None:
+    return {}
+  from reweight.group.policy import group_diagnostics  # group builds on base
+
+  return {"probs": probs, **group_diagnostics(weights, losses, jnp.asarray(groups), valid,
+                                               probs.shape[0], axis_name)}
+
+
 # -------------------------------------------------------------------------- combinators
 
 
@@ -455,6 +472,8 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
         "losses": jax.lax.stop_gradient(losses),
         "loss": parallel.batch_mean(jax.lax.stop_gradient(losses), axis_name, valid),
         **diagnostics(weights, jax.lax.stop_gradient(losses), mask, axis_name),
+        **group_info(new_state, weights, jax.lax.stop_gradient(losses), extras.get("groups"),
+                     valid, axis_name),
     }
     return loss, (new_state, info)
 

@@ -34,7 +34,8 @@ class RunResult(NamedTuple):
 
   Attributes:
     history: one dict per evaluation (``step``, ``test_accuracy``, ``test_balanced_accuracy``,
-      ``test_loss``, ``train_loss``, ``noisy_weight_share``, ...).
+      ``test_loss``, ``train_loss``, ``noisy_weight_share``, and for a group method the
+      lists ``probs``, ``group_loss``, ``group_weight_share``, ...).
     state: the final `TrainState`.
     final_weights: weights of the examples seen in the last epoch (``weights``, and
       ``is_noisy`` / ``label`` where the data has them), for histograms.
@@ -43,6 +44,11 @@ class RunResult(NamedTuple):
   history: list[dict[str, float]]
   state: state_lib.TrainState
   final_weights: dict[str, np.ndarray]
+
+
+# Per-group metrics of a group method's step (`reweight.base.group_info`), logged at every
+# evaluation as lists over groups (the values of the step just before it).
+GROUP_METRICS = ("probs", "group_loss", "group_weight_share")
 
 
 @jax.jit
@@ -179,6 +185,7 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     batch = parallel.shard_batch({k: host_batch[k] for k in fields}, mesh)
     state, metrics = train_step(state, batch, **loss_kwargs)
     w = metrics["weights"]
+    last_group = {k: metrics[k] for k in GROUP_METRICS if k in metrics}
     pending.append((metrics["mean_loss"], *_weight_sums(w, batch.get("is_noisy"))))
     if step >= steps - steps_per_epoch:  # fetched from the device once, after the loop
       final["weights"].append(w)
@@ -198,6 +205,7 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
              "test_loss": ev["loss"]}
       if has_noise:
         row["noisy_weight_share"] = running["noisy_w"] / max(running["total_w"], 1e-12)
+      row.update({k: np.asarray(v).tolist() for k, v in jax.device_get(last_group).items()})
       history.append(row)
       running = {"loss": 0.0, "n": 0, "noisy_w": 0.0, "total_w": 0.0}
       bar.set_postfix(acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")

@@ -79,3 +79,45 @@ def weight_histograms(final_weights: Mapping[str, Mapping[str, np.ndarray]], pat
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def proportions(trajectories: Mapping[str, tuple[Sequence[float], np.ndarray]], path: str,
+                group_names: Sequence[str] | None = None) -> str:
+  """Stacked proportions over groups against the step, one panel per method.
+
+  Args:
+    trajectories: ``{method: (steps [T], probs [T, G])}``, e.g. the ``probs`` that the
+      trainer logs at every evaluation for a `reweight.group` method (`history_probs`).
+    path: the PNG to write.
+    group_names: a legend entry per group (default ``group 0``, ...).
+  """
+  if not trajectories:
+    return ""
+  cols = min(3, len(trajectories))
+  rows = -(-len(trajectories) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+  for ax in axes.flat[len(trajectories):]:
+    ax.axis("off")
+  for ax, (method, (steps, probs)) in zip(axes.flat, trajectories.items()):
+    probs = np.asarray(probs, float)
+    names = group_names or [f"group {g}" for g in range(probs.shape[1])]
+    ax.stackplot(np.asarray(steps, float), probs.T, labels=names, alpha=0.85,
+                 colors=plt.get_cmap("tab10").colors)
+    ax.set_ylim(0, 1)
+    ax.set_title(method, fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel("proportion")
+  axes.flat[0].legend(fontsize=7, loc="upper left")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def history_probs(histories: Sequence[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, mean probs over seeds [T, G])`` from the trainer's histories (`proportions`)."""
+  steps = _stack(histories, "step")[0]
+  n = len(steps)
+  probs = np.mean([[row["probs"] for row in h[:n]] for h in histories], axis=0)
+  return steps, probs

@@ -20,6 +20,7 @@ from reweight import parallel
 from reweight.base import (
   Weighting,
   diagnostics,
+  group_info,
   split_loss_output,
   valid_mask,
   weighted,
@@ -90,7 +91,8 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
   Returns:
     The step; jit it (the trainer does, with the batch sharded on a mesh). ``loss_kwargs``
     (e.g. ``meta_batch``) are passed to the weighting. Metrics: ``loss`` (the weighted loss),
-    ``mean_loss``, the weighting diagnostics and ``weights``.
+    ``mean_loss``, the weighting diagnostics and ``weights``; for a group method also
+    ``probs``, ``group_loss``, ``group_count`` and ``group_weight_share``.
   """
   if microbatches < 1:
     raise ValueError(f"microbatches={microbatches!r} must be >= 1")
@@ -158,7 +160,8 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
     grads, _ = jax.lax.scan(accumulate, zeros, (mbs, keys, mb_w, mb_valid))
     metrics = {"weights": weights, "loss": weighted_mean(losses, weights, valid),
                "mean_loss": parallel.batch_mean(losses, where=valid),
-               **diagnostics(weights, losses, mask)}
+               **diagnostics(weights, losses, mask),
+               **group_info(wstate, weights, losses, extras.get("groups"), valid)}
     return apply_update(state, grads, wstate, rng), metrics
 
   return full_batch_step if microbatches == 1 else microbatched_step
