@@ -5,7 +5,9 @@ classification),
 times a plain jitted step (per-example cross-entropy, mean, Adam) and the same step through
 `reweight.weighted` with each weighting. Steps are timed in interleaved rounds (plain,
 weighted, plain, ...) so that machine noise hits both alike; the ratio is the median over
-rounds of (weighted time / plain time).
+rounds of (weighted time / plain time), with its interquartile range, next to the ratio of
+XLA's compiled flop counts. ``--only`` re-times some weightings and keeps the other rows of
+the results file.
 
   python benchmarks/overhead.py [--rounds 30] [--steps 20] [--out benchmarks/results]
 """
@@ -29,6 +31,7 @@ from reweight.losses import softmax_cross_entropy
 from reweight.train.models import functional, make_model
 
 NUM_EXAMPLES = 4096  # size of the (virtual) training set behind per-example tables
+NUM_GROUPS = 8  # groups / domains of the batch for the group weightings
 
 
 def weightings() -> dict[str, Callable[[], reweight.Weighting]]:
@@ -48,6 +51,8 @@ def weightings() -> dict[str, Callable[[], reweight.Weighting]]:
       "l2rw": lambda: s.l2rw(0.1),
       "meta_weight_net": lambda: s.meta_weight_net(),
       "self_taught": lambda: s.self_taught(),
+      "group_dro": lambda: reweight.group.group_dro(NUM_GROUPS, 0.01),
+      "doremi": lambda: reweight.group.doremi(NUM_GROUPS),
   })
   return out
 
@@ -55,7 +60,9 @@ def weightings() -> dict[str, Callable[[], reweight.Weighting]]:
 def _classification_batch(x, num_classes, rng):
   n = x.shape[0]
   return {"x": x, "label": jnp.asarray(rng.integers(0, num_classes, n), jnp.int32),
-          "id": jnp.asarray(rng.integers(0, NUM_EXAMPLES, n), jnp.int32)}
+          "id": jnp.asarray(rng.integers(0, NUM_EXAMPLES, n), jnp.int32),
+          "group": jnp.asarray(rng.integers(0, NUM_GROUPS, n), jnp.int32),
+          "ref_loss": jnp.asarray(rng.exponential(size=n), jnp.float32)}
 
 
 def _per_example(fn):
@@ -104,7 +111,7 @@ def make_steps(params, per_example, weighting, optimizer):
   @jax.jit
   def weighted(params, opt_state, wstate, batch, meta_batch):
     (loss, (wstate, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch, wstate, meta_batch=meta_batch)
+        params, batch, wstate, meta_batch=meta_batch, ref_losses=batch["ref_loss"])
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, wstate, loss
 
@@ -121,6 +128,13 @@ def time_steps(fn, args, steps):
   return (time.perf_counter() - t0) / steps
 
 
+def compiled_flops(fn, args) -> float:
+  """XLA's flop count of the compiled ``fn(*args)`` (does not drift with machine load)."""
+  cost = fn.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
 def measure(problem, name, make_weighting, rounds, steps):
   params, batch, meta, per_example = problem
   optimizer = optax.adam(1e-3)
@@ -130,6 +144,8 @@ def measure(problem, name, make_weighting, rounds, steps):
   wstate = weighting.init(jax.random.PRNGKey(0))
   time_steps(plain, (params, opt_state, batch), 3)  # compile + warm up
   time_steps(weighted, (params, opt_state, wstate, batch, meta), 3)
+  flops = (compiled_flops(weighted, (params, opt_state, wstate, batch, meta))
+           / compiled_flops(plain, (params, opt_state, batch)))
   ratios, plain_times = [], []
   for _ in range(rounds):
     tp = time_steps(plain, (params, opt_state, batch), steps)
@@ -138,7 +154,7 @@ def measure(problem, name, make_weighting, rounds, steps):
     plain_times.append(tp)
   return {"ratio": float(np.median(ratios)), "ratio_iqr": [float(np.percentile(ratios, 25)),
                                                            float(np.percentile(ratios, 75))],
-          "plain_ms": 1e3 * float(np.median(plain_times))}
+          "plain_ms": 1e3 * float(np.median(plain_times)), "flops_ratio": flops}
 
 
 def main():
@@ -158,12 +174,16 @@ def main():
       r = measure(problem, wname, make, args.rounds, args.steps)
       results[f"{pname}/{wname}"] = r
       print(f"{pname:12s} {wname:24s} ratio {r['ratio']:.3f} "
-            f"(IQR {r['ratio_iqr'][0]:.3f}-{r['ratio_iqr'][1]:.3f}), plain step "
-            f"{r['plain_ms']:.3f} ms", flush=True)
+            f"(IQR {r['ratio_iqr'][0]:.3f}-{r['ratio_iqr'][1]:.3f}), flops "
+            f"{r['flops_ratio']:.4f}, plain step {r['plain_ms']:.3f} ms", flush=True)
   os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "overhead.json")
+  if args.only and os.path.exists(path):  # a partial run updates its rows, keeps the rest
+    with open(path) as f:
+      results = {**json.load(f)["results"], **results}
   meta = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
           "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
-  with open(os.path.join(args.out, "overhead.json"), "w") as f:
+  with open(path, "w") as f:
     json.dump({"meta": meta, "results": results}, f, indent=1)
 
 

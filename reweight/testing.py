@@ -294,3 +294,87 @@ def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> A
   if proc.returncode != 0:
     raise RuntimeError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def policy_layouts(make_policy: Callable[[], Any], inputs_per_step: Sequence[Mapping[str, Any]],
+                   modes: Sequence[str] = MODES) -> dict[str, dict[str, np.ndarray]]:
+  """``probs`` (per step) and final state of a mixture policy in several layouts.
+
+  A `reweight.group.policy.MixturePolicy` is global and small: every device holds the
+  whole state and sees the same inputs. This runs ``init()`` and then one ``update(state,
+  **inputs_per_step[t])`` per step (``step`` is not passed, so the policy counts its own
+  updates):
+
+  * ``single``: `jax.jit` on one device;
+  * ``jit_sharded``: `jax.jit` with the inputs and the state replicated over
+    `reweight.parallel.make_mesh` (all devices);
+  * ``shard_map``: inside `jax.shard_map` over that mesh, replicated in and out specs, JAX's
+    default ``check_vma=True``;
+  * ``pmap``: inside `jax.pmap` with the inputs broadcast to every device (skipped where
+    jax no longer has it); device 0's result is returned.
+
+  Args:
+    make_policy: ``make_policy() -> MixturePolicy``.
+    inputs_per_step: one mapping of keyword inputs (arrays, or pytrees of arrays) per step;
+      every step must have the same keys and shapes (the steps are stacked).
+    modes: a subset of `MODES`.
+
+  Returns:
+    ``{mode: {"probs": [steps, G], "state/0": ..., ...}}`` as numpy arrays, for
+    `max_difference` / `differences`.
+
+  Examples:
+    >>> import numpy as np
+    >>> from reweight import testing
+    >>> from reweight.group.skill_it import skill_it
+    >>> out = testing.policy_layouts(lambda: skill_it(np.eye(2)),
+    ...                              [{"eval_losses": np.array([1.0, 2.0])}] * 2,
+    ...                              modes=("single", "shard_map"))
+    >>> out["single"]["probs"].shape, testing.max_difference(out, "single", "shard_map")
+    ((2, 2), 0.0)
+  """
+  for m in modes:
+    if m not in MODES:
+      raise ValueError(f"mode {m!r} is not one of {MODES}")
+  if not inputs_per_step:
+    raise ValueError("inputs_per_step must hold at least one step's inputs")
+  keys = set(inputs_per_step[0])
+  for t, inputs in enumerate(inputs_per_step):
+    if set(inputs) != keys:
+      raise ValueError(f"step {t} has inputs {sorted(inputs)}, step 0 has {sorted(keys)}")
+  stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]),
+                         *[dict(inputs) for inputs in inputs_per_step])
+  steps = len(inputs_per_step)
+  policy = make_policy()
+  state0 = policy.init()
+
+  def run(inputs, state):
+    probs = []
+    for t in range(steps):
+      state = policy.update(state, **jax.tree.map(lambda x, t=t: x[t], inputs))
+      probs.append(state.probs)
+    return jnp.stack(probs), state
+
+  def pack(probs, state):
+    res = {"probs": np.asarray(probs)}
+    res.update({f"state/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))})
+    return res
+
+  out = {}
+  if "single" in modes:
+    placed = jax.device_put((stacked, state0), jax.devices()[0])
+    out["single"] = pack(*jax.jit(run)(*placed))
+  if "jit_sharded" in modes:
+    mesh = parallel.make_mesh()
+    out["jit_sharded"] = pack(*jax.jit(run)(*parallel.replicate((stacked, state0), mesh)))
+  if "shard_map" in modes:
+    mesh = parallel.make_mesh()
+    fn = jax.shard_map(run, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
+    out["shard_map"] = pack(*jax.jit(fn)(stacked, state0))
+  if "pmap" in modes and hasattr(jax, "pmap"):
+    n = len(jax.devices())
+    broadcast = lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x))
+    probs, state = jax.pmap(run, axis_name="data")(jax.tree.map(broadcast, stacked),
+                                                   jax.tree.map(broadcast, state0))
+    out["pmap"] = pack(probs[0], jax.tree.map(lambda x: x[0], state))
+  return out

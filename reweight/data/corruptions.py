@@ -10,6 +10,9 @@ Ground truth kept for analysis:
 * `label_noise` / `domains` add ``clean_label`` and ``is_noisy = label != clean_label``
   (and ``domain``); applied to an already corrupted dataset they keep the first
   ``clean_label``.
+* `spurious_marker` stamps a binary marker on the inputs and adds ``marker`` and
+  ``group = 2 * label + marker``; unlike the others it is meant for every split (with the
+  marker-label agreement of that split).
 * `class_imbalance` / `split_meta` subsample: the returned ``id`` is renumbered
   ``0..n'-1`` so that it indexes the returned arrays (per-example weighting state can be
   a table of size n'), and ``orig_id`` holds the id in the original split (kept from the
@@ -31,6 +34,7 @@ LABEL_NOISE_SALT = 0x6E6F6973
 CLASS_IMBALANCE_SALT = 0x696D6261
 DOMAINS_SALT = 0x646F6D73
 SPLIT_META_SALT = 0x6D657461
+SPURIOUS_MARKER_SALT = 0x6D61726B
 
 Dataset = Mapping[str, np.ndarray]
 
@@ -350,3 +354,79 @@ def split_meta(
   meta = np.sort(np.concatenate(meta))
   rest = np.setdiff1d(np.arange(n), meta)
   return _subset(ds, rest), _subset(ds, meta)
+
+
+MARKER_PIXELS = (0, 1, 8, 9)  # the top-left 2x2 block of an 8x8 image, flattened
+
+
+def spurious_marker(
+    ds: Dataset,
+    agreement: float,
+    seed: int,
+    *,
+    pixels: Sequence[int] = MARKER_PIXELS,
+    value: float = 1.0,
+) -> dict[str, np.ndarray]:
+  """Stamps a binary marker that agrees with a binary label with probability ``agreement``.
+
+  A spurious feature for group-shift experiments (Sagawa et al. 2020): the marker is easy
+  to read off the inputs and predicts the label only through its correlation with it.
+  With ``rng = np.random.default_rng([SPURIOUS_MARKER_SALT, seed])`` and
+  ``u = rng.random(n)``, example i gets
+
+  * ``marker_i = label_i`` if ``u_i < agreement``, else ``1 - label_i``;
+  * the flattened input features ``pixels`` set to ``value * marker_i`` (so the block
+    holds only the marker: ``value`` when it is on, 0 when it is off, whatever was there);
+  * ``group_i = 2 * label_i + marker_i``: groups 0 and 3 are where the marker agrees with
+    the label, 1 and 2 where it does not.
+
+  ``agreement=1`` (``0``) gives a marker equal to (the opposite of) the label everywhere.
+
+  Examples:
+    >>> import numpy as np
+    >>> ds = {"x": np.full((1000, 64), 0.5, np.float32), "label": np.arange(1000) % 2}
+    >>> out = spurious_marker(ds, agreement=0.9, seed=0)
+    >>> round(float(np.mean(out["marker"] == out["label"])), 1)
+    0.9
+    >>> out["x"][0, :3].tolist(), int(out["marker"][0]), int(out["group"][0])
+    ([0.0, 0.0, 0.5], 0, 0)
+
+  Args:
+    ds: dict of arrays with ``x`` (``[n, ...]``, flattened to features) and a binary
+      ``label`` (ints 0 or 1).
+    agreement: ``P(marker == label)`` in ``[0, 1]``.
+    seed: non-negative int.
+    pixels: indices into the flattened features of one example.
+    value: the marker's intensity.
+
+  Returns:
+    A new dict with ``x`` stamped, ``marker`` (int32) and ``group`` (int32, in 0..3); the
+    other fields are kept.
+
+  References:
+    Sagawa, Koh, Hashimoto, Liang, "Distributionally Robust Neural Networks for Group
+    Shifts", ICLR 2020 (groups = label x spurious attribute; worst-group accuracy).
+  """
+  if not np.isscalar(agreement) or not 0.0 <= float(agreement) <= 1.0:
+    raise ValueError(f"agreement={agreement!r} is not a number in [0, 1]")
+  n = _num_examples(ds)
+  if "x" not in ds:
+    raise ValueError(f"the dataset has no 'x' field; fields are {sorted(ds)}")
+  labels = np.asarray(ds["label"])
+  if labels.size and not np.all((labels == 0) | (labels == 1)):
+    raise ValueError(f"labels must be binary (0 or 1), got values {np.unique(labels).tolist()}")
+  x = np.asarray(ds["x"])
+  features = int(np.prod(x.shape[1:]))
+  pixels = np.asarray(pixels, np.int64)
+  if pixels.ndim != 1 or pixels.size == 0 or pixels.min() < 0 or pixels.max() >= features:
+    raise ValueError(f"pixels={pixels.tolist()!r} must be indices in [0, {features})")
+  rng = np.random.default_rng([SPURIOUS_MARKER_SALT, int(seed)])
+  agree = rng.random(n) < float(agreement)
+  marker = np.where(agree, labels, 1 - labels).astype(np.int32)
+  out = _copy(ds)
+  flat = out["x"].reshape(n, features)
+  flat[:, pixels] = (float(value) * marker[:, None]).astype(flat.dtype)
+  out["x"] = flat.reshape(x.shape)
+  out["marker"] = marker
+  out["group"] = (2 * labels + marker).astype(np.int32)
+  return out

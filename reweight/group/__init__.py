@@ -15,8 +15,11 @@ plots and checkpoints.
 * Shared pieces: `probs_of`, `check_probs`, `group_diagnostics`.
 """
 
+from reweight.group.aioli import aioli, learn_params_mixtures, mixing_matrix
+from reweight.group.color_filter import color_filter
 from reweight.group.doremi import DoReMiState, doremi
 from reweight.group.fixed_mixtures import proportional, stratified, temperature, upsample_at_end
+from reweight.group.flad import exp3, gradient_alignment, ucb1
 from reweight.group.group_dro import GroupDROState, group_dro
 from reweight.group.policy import (
     MixturePolicy,
@@ -25,6 +28,7 @@ from reweight.group.policy import (
     group_diagnostics,
     probs_of,
 )
+from reweight.group.skill_it import skill_it
 
 WEIGHTINGS = ("doremi", "group_dro")
 POLICIES = ("aioli", "exp3", "proportional", "skill_it", "stratified", "temperature", "ucb1",
@@ -33,7 +37,7 @@ POLICIES = ("aioli", "exp3", "proportional", "skill_it", "stratified", "temperat
 __all__ = [
     "POLICIES", "WEIGHTINGS",
     "DoReMiState", "GroupDROState", "MixturePolicy", "MixtureState",
-    "check_probs", "doremi",
-    "group_diagnostics", "group_dro", "probs_of",
-    "proportional", "stratified", "temperature", "upsample_at_end",
+    "aioli", "check_probs", "color_filter", "doremi", "exp3", "gradient_alignment",
+    "group_diagnostics", "group_dro", "learn_params_mixtures", "mixing_matrix", "probs_of",
+    "proportional", "skill_it", "stratified", "temperature", "ucb1", "upsample_at_end",
 ]

@@ -249,3 +249,71 @@ def test_split_meta_not_enough_clean_examples():
 def test_mismatched_lengths_raise():
   with pytest.raises(ValueError, match="leading length"):
     cr.label_noise({"label": np.zeros(4, int), "x": np.zeros(3)}, "symmetric", 0.1, C, 0)
+
+
+# ------------------------------------------------------------------ spurious_marker
+
+
+def _binary_images(n=2000, seed=0):
+  rng = np.random.default_rng(seed + 2000)
+  return {
+      "x": rng.random((n, 8, 8)).astype(np.float32),
+      "label": rng.integers(0, 2, size=n).astype(np.int64),
+      "id": np.arange(n, dtype=np.int32),
+      "clean_label": rng.integers(0, 10, size=n),
+  }
+
+
+@pytest.mark.parametrize("agreement", [0.0, 0.7, 0.95, 1.0])
+def test_spurious_marker_matches_recipe(agreement):
+  ds = _binary_images()
+  before = {k: v.copy() for k, v in ds.items()}
+  out = cr.spurious_marker(ds, agreement, seed=4, pixels=(0, 9, 63), value=0.8)
+  # Recipe: u ~ U[0, 1) from the salted stream; the marker is the label iff u < agreement.
+  u = np.random.default_rng([cr.SPURIOUS_MARKER_SALT, 4]).random(len(ds["label"]))
+  marker = np.where(u < agreement, ds["label"], 1 - ds["label"])
+  np.testing.assert_array_equal(out["marker"], marker)
+  np.testing.assert_array_equal(out["group"], 2 * ds["label"] + marker)
+  flat, orig = out["x"].reshape(-1, 64), ds["x"].reshape(-1, 64)
+  np.testing.assert_array_equal(flat[:, [0, 9, 63]],
+                                np.repeat(np.float32(0.8) * marker[:, None], 3, 1))
+  rest = np.setdiff1d(np.arange(64), [0, 9, 63])
+  np.testing.assert_array_equal(flat[:, rest], orig[:, rest])
+  assert out["x"].shape == ds["x"].shape and out["x"].dtype == ds["x"].dtype
+  for key in ("label", "id", "clean_label"):  # ground truth and other fields kept
+    np.testing.assert_array_equal(out[key], ds[key])
+  for key, value in before.items():  # pure: the input is not modified
+    np.testing.assert_array_equal(ds[key], value)
+  if agreement in (0.0, 1.0):
+    assert np.all((out["marker"] == ds["label"]) == (agreement == 1.0))
+  else:  # realised agreement within 4 binomial standard deviations
+    n = len(ds["label"])
+    realised = np.mean(out["marker"] == ds["label"])
+    assert abs(realised - agreement) <= 4 * np.sqrt(agreement * (1 - agreement) / n)
+
+
+def test_spurious_marker_default_block_is_the_top_left_corner():
+  ds = {"x": np.full((4, 64), 0.5, np.float32), "label": np.array([0, 1, 0, 1])}
+  out = cr.spurious_marker(ds, 1.0, seed=0)
+  image = out["x"].reshape(4, 8, 8)
+  np.testing.assert_array_equal(image[:, :2, :2], np.array([0, 1, 0, 1.0])[:, None, None]
+                                * np.ones((4, 2, 2)))
+  assert np.all(image[:, 2:, :] == 0.5) and np.all(image[:, :, 2:] == 0.5)
+  assert out["group"].tolist() == [0, 3, 0, 3]
+
+
+@pytest.mark.parametrize(
+    "ds, kwargs, pattern",
+    [
+        ({"x": np.zeros((3, 4)), "label": np.array([0, 1, 2])}, {}, r"binary.*\[0, 1, 2\]"),
+        ({"x": np.zeros((3, 4)), "label": np.array([0, 1, 1])}, {"agreement": 1.5},
+         r"agreement=1\.5"),
+        ({"x": np.zeros((3, 4)), "label": np.array([0, 1, 1])}, {"pixels": (4,)},
+         r"pixels=\[4\].*\[0, 4\)"),
+        ({"label": np.array([0, 1, 1])}, {}, r"no 'x' field"),
+    ],
+)
+def test_spurious_marker_bad_input(ds, kwargs, pattern):
+  kwargs = {"agreement": 0.9, "seed": 0, **kwargs}
+  with pytest.raises(ValueError, match=pattern):
+    cr.spurious_marker(ds, **kwargs)
