@@ -6,6 +6,11 @@
   `class_imbalance`, `domains`, `split_meta`.
 * Samplers, pure functions ``step -> batch indices`` deterministic in ``(seed, step)``:
   `epoch_sampler`, `mixture_sampler`, `curriculum_sampler`, `random_subset_per_epoch`.
+* Mixing groups online: `online_mixture_sampler` draws each global batch in the
+  proportions of a policy state (re-read every ``update_every`` steps, checkpointable).
+* Multi-domain byte-level text (`domain_corpus`, `domain_lm_batch`,
+  `domain_eval_windows`, `domain_stats`): code, prose, licences, tables, noise and a
+  duplicated text, all shipped with Python and the dependencies.
 * Pipeline: `train_iterator` / `sampler_iterator` (grain iterators whose state
   ``{"next_index": step}`` goes into the checkpoint), `eval_batches` (padded, with
   ``mask``), `take`, `batch_dataset`.
@@ -20,7 +25,19 @@ from reweight.data.corruptions import (
 )
 from reweight.data.datasets import DATASETS, builder, load, num_classes
 from reweight.data.digits import Digits
+from reweight.data.domain_text import (
+    DomainCorpus,
+    domain_corpus,
+    domain_eval_windows,
+    domain_lm_batch,
+    domain_stats,
+)
 from reweight.data.mnist1d import Mnist1d
+from reweight.data.online_mixture import (
+    OnlineMixtureSampler,
+    OnlineMixtureState,
+    online_mixture_sampler,
+)
 from reweight.data.pipeline import (
     batch_dataset,
     eval_batches,
@@ -42,12 +59,17 @@ __all__ = [
     "DATASETS",
     "NOISE_KINDS",
     "Digits",
+    "DomainCorpus",
     "Mnist1d",
     "Sampler",
     "batch_dataset",
     "builder",
     "class_imbalance",
     "curriculum_sampler",
+    "domain_corpus",
+    "domain_eval_windows",
+    "domain_lm_batch",
+    "domain_stats",
     "domains",
     "epoch_sampler",
     "eval_batches",
@@ -55,6 +77,9 @@ __all__ = [
     "load",
     "mixture_sampler",
     "num_classes",
+    "OnlineMixtureSampler",
+    "OnlineMixtureState",
+    "online_mixture_sampler",
     "random_subset_per_epoch",
     "sampler_iterator",
     "split_meta",

@@ -1,0 +1,497 @@
+"""Online data mixing: each global batch drawn from the groups in a policy's current proportions.
+
+A sampling-side group method (`reweight.group.MixturePolicy`, or the ``probs`` of
+`reweight.group.group_dro` / `doremi`) moves a distribution over groups during training;
+`online_mixture_sampler` turns it into batches. The count rule is the one of
+`reweight.data.samplers.mixture_sampler` (exact expected counts), with the proportions
+read from a small checkpointable state instead of a fixed schedule. Random numbers of step
+t: the uniforms ``u`` are draws ``[t M, t M + r + 5 B)`` of one counter-based stream,
+``Philox(SeedSequence([ONLINE_MIXTURE_SALT, seed]))`` (`step_uniforms`; each step owns
+``M = 4 ceil((G + 5 B) / 4)`` draws, so a run of steps is one contiguous read), and the
+rare extra draws come from ``rng_t = step_rng(seed, t)``, the step's own block of a second
+stream (``EXTRA_SALT``):
+
+* **Plan** of step t (`OnlineMixtureSampler.plan`), for proportions p (normalised) and the
+  global batch size B: group g gets ``floor(p_g B)`` slots, and the
+  ``r = B - sum_g floor(p_g B)`` remaining slots go one by one to group g with probability
+  ``frac_g / sum(frac)`` (``frac_g = p_g B - floor(p_g B)``; r categorical draws, i.e. a
+  multinomial), so ``E[count_g] = p_g B`` exactly and no count strays from ``p_g B`` by
+  r or more. Remainder slot j goes to the group whose interval of ``cumsum(frac)`` holds
+  ``u_j sum(frac)``, and the plan (the group of every slot) is
+  ``np.repeat(arange(G), counts)[argsort(u[r:r + B], kind="stable")]``, a random order.
+* **Members** (`OnlineMixtureSampler.indices`, when ``group_ids`` of an indexable dataset
+  are given; ``n_g`` members of group g, in ascending example order): slot s of group g
+  gets member ``floor(u[r + B + s] n_g)``. A group with ``count_g > n_g`` keeps these
+  (with replacement, as it must). A dense group (``n_g / 2 < count_g <= n_g``) instead
+  takes ``rng_t.permutation(n_g)[:count_g]`` for its slots in slot order (groups in
+  ascending order). In a sparse group (``count_g <= n_g / 2``), as long as two slots hold
+  the same example, every later one (in slot order) is redrawn, all at once: in round
+  ``k <= 3`` slot s takes ``floor(u[r + (1 + k) B + s] n_g)``, in later rounds the slots
+  redrawn take ``floor(rng_t.random(count) n_g)``. So the members of a group with
+  ``count_g <= n_g`` are distinct, and by symmetry under relabelling its members they are a
+  uniformly random ``count_g``-subset (as with ``rng.choice(..., replace=False)``), at a
+  cost that does not grow with the number of groups.
+* **Processes**: the plan and members are those of the global batch; process k of K
+  returns slots ``[k B / K, (k + 1) B / K)``, so the union of the slices of all processes
+  is the global batch of a single-process run.
+* **Proportions in use** (`OnlineMixtureState`): ``refresh(state, step, probs)`` adopts
+  ``probs`` only when ``step % update_every == 0`` (and keeps the state otherwise). The
+  state is two arrays, saved with the train state, so a resumed run plans from the same
+  proportions and draws the same batches as an uninterrupted one.
+
+Everything is a pure function of ``(seed, step, probs)``. Since the proportions cannot
+change between refreshes, with ``update_every > 1`` the steps up to the next refresh (at
+most `MAX_BLOCK`) are drawn at once, vectorized over steps, and served from a one-block
+cache: the same numbers, computed faster. Throughput (``benchmarks/sampler_throughput.py``):
+tens of microseconds per batch with new proportions at every step, a few with
+``update_every=10``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from reweight.group.policy import check_num_groups, check_probs
+
+ONLINE_MIXTURE_SALT = 0x6F6E6D78
+EXTRA_SALT = 0x6F6E6578  # the second stream: dense groups and late redraw rounds
+
+
+class OnlineMixtureState(NamedTuple):
+  """The proportions the sampler uses, and the step they were adopted at (checkpoint them).
+
+  Attributes:
+    probs: float64 [G], sums to one (read-only: the sampler caches what it derives from it).
+    since_step: int64 scalar, the step of the last `refresh` that adopted ``probs``.
+  """
+
+  probs: np.ndarray
+  since_step: np.ndarray
+
+
+class OnlineMixtureSampler(NamedTuple):
+  """Batches in a mixture that changes online (see the module docstring for the rule).
+
+  Attributes:
+    init: ``init(probs=None) -> OnlineMixtureState`` (default: uniform).
+    refresh: ``refresh(state, step, probs) -> state``, adopting ``probs`` (an array or a
+      policy state with ``probs``) iff ``step % update_every == 0``.
+    plan: ``plan(step, probs) -> int32 [global_batch_size]``: the group of every slot of
+      the global batch; ``probs`` may be an `OnlineMixtureState`.
+    groups: ``groups(step, probs) -> int32 [local_batch_size]``: this process's slice of
+      the plan (for generated data, e.g. `reweight.data.domain_lm_batch` with
+      ``slot_offset = process_index * local_batch_size``).
+    indices: ``indices(step, probs) -> int64 [local_batch_size]``: example indices of this
+      process's slice (needs ``group_ids``).
+    global_batch_size: B.
+    local_batch_size: B / process_count.
+    num_groups: G.
+    update_every: steps between refreshes.
+    process_index: this process's slice.
+    process_count: number of slices.
+  """
+
+  init: Callable[..., OnlineMixtureState]
+  refresh: Callable[..., OnlineMixtureState]
+  plan: Callable[[int, Any], np.ndarray]
+  groups: Callable[[int, Any], np.ndarray]
+  indices: Callable[[int, Any], np.ndarray]
+  global_batch_size: int
+  local_batch_size: int
+  num_groups: int
+  update_every: int
+  process_index: int
+  process_count: int
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+  return int(value)
+
+
+_BLOCK = 1 << 64  # Philox counter values of a step's block in the second stream
+MAX_BLOCK = 64  # steps drawn at once while the proportions cannot change
+REDRAW_ROUNDS = 3  # redraw rounds whose uniforms are drawn up front
+
+
+class _Streams(threading.local):
+  """Per-thread Philox generators, one per base seed, rewound for every step."""
+
+  def __init__(self):
+    self.bases = {}
+
+
+_STREAMS = _Streams()
+
+
+def _generator(seed: int, salt: int):
+  key = (int(salt), int(seed))
+  entry = _STREAMS.bases.get(key)
+  if entry is None:
+    bits = np.random.Philox(np.random.SeedSequence(list(key)))
+    entry = _STREAMS.bases[key] = (bits, bits.state, np.random.Generator(bits))
+  return entry
+
+
+def step_rng(seed: int, step: int, salt: int = EXTRA_SALT) -> np.random.Generator:
+  """A generator of its own for ``step``: ``Philox(SeedSequence([salt, seed]))``, counter + t 2**64.
+
+  Philox is counter-based: ``advance(step * 2**64)`` moves the counter to block ``step``,
+  so the blocks of different steps are independent streams (unlike PCG64 jumped by powers
+  of two, whose streams are correlated). Setting it up costs a few microseconds (a cached
+  copy of the base state, rewound and advanced, one per thread) against about 20 for
+  ``np.random.default_rng([...])``. The generator returned is reused by the next call of
+  the same thread with the same ``(seed, salt)``: draw from it before calling again.
+
+  Examples:
+    >>> a = step_rng(0, 5).random(3)
+    >>> bits = np.random.Philox(np.random.SeedSequence([EXTRA_SALT, 0]))
+    >>> bool((a == np.random.Generator(bits.advance(5 * 2**64)).random(3)).all())
+    True
+  """
+  bits, state, gen = _generator(seed, salt)
+  bits.state = state
+  bits.advance(int(step) * _BLOCK)
+  return gen
+
+
+def step_uniforms(seed: int, start: int, count: int, width: int, used: int | None = None,
+                  salt: int = ONLINE_MIXTURE_SALT) -> np.ndarray:
+  """Uniforms of steps ``start .. start + count - 1``: row k holds draws ``[t M, t M + used)``.
+
+  Step t owns draws ``[t M, (t + 1) M)`` (``M = width``, a multiple of 4: one Philox
+  counter value gives 4 draws) of the single stream ``Philox(SeedSequence([salt, seed]))``,
+  so any run of steps is one contiguous read: ``advance(start M / 4)``, then
+  ``random(count M)``.
+
+  Returns:
+    float64 [count, used] (``used`` defaults to ``width``).
+
+  Examples:
+    >>> u = step_uniforms(0, 3, 2, width=8)
+    >>> ref = np.random.Generator(np.random.Philox(np.random.SeedSequence(
+    ...     [ONLINE_MIXTURE_SALT, 0]))).random(40)
+    >>> bool((u == ref[24:40].reshape(2, 8)).all())
+    True
+  """
+  if width % 4:
+    raise ValueError(f"width={width} must be a multiple of 4")
+  bits, state, gen = _generator(seed, salt)
+  bits.state = state
+  bits.advance(int(start) * (width // 4))
+  u = gen.random(count * width).reshape(count, width)
+  return u if used is None or used == width else u[:, :used]
+
+
+class _Layout(NamedTuple):
+  """What a step's plan needs from the proportions alone (computed once per ``probs``)."""
+
+  probs: np.ndarray   # float64 [G], normalised
+  floor: np.ndarray   # int64 [G], floor(p B)
+  remaining: int      # r = B - sum(floor)
+  cdf: np.ndarray     # float64 [G], cumsum(frac)
+  odd: np.ndarray | None = None  # groups that may be dense or need replacement at a step
+
+
+def _layout(p: np.ndarray, batch_size: int) -> _Layout:
+  target = p * batch_size
+  floor = target.astype(np.int64)  # floor, as target >= 0
+  return _Layout(p, floor, batch_size - int(floor.sum()), np.cumsum(target - floor))
+
+
+def plan_counts(probs: np.ndarray, batch_size: int, u: np.ndarray) -> np.ndarray:
+  """Slots per group: ``floor(p B)``, then r remaining slots by categorical draws on ``frac``.
+
+  Args:
+    probs: float [G], non-negative, sums to one.
+    batch_size: B.
+    u: at least ``r = B - sum(floor(p B))`` uniforms in [0, 1) (the first r are used):
+      remaining slot j goes to the group g with ``cdf[g-1] <= u_j cdf[-1] < cdf[g]``,
+      ``cdf = cumsum(p B - floor(p B))``.
+
+  Returns:
+    int64 [G] with sum B and ``E[count_g] = p_g B``.
+
+  Examples:
+    >>> plan_counts(np.array([0.5, 0.25, 0.25]), 8, np.zeros(0)).tolist()
+    [4, 2, 2]
+    >>> plan_counts(np.array([0.5, 0.5]), 3, np.array([0.7])).tolist()   # 1 + 1, then one
+    [1, 2]
+  """
+  lay = _layout(np.asarray(probs, np.float64), batch_size)
+  return _counts(lay, np.asarray(u, np.float64))
+
+
+def _counts(lay: _Layout, u: np.ndarray) -> np.ndarray:
+  if not lay.remaining:
+    return lay.floor
+  picks = np.searchsorted(lay.cdf, u[:lay.remaining] * lay.cdf[-1], side="right")
+  # u < 1 gives u * cdf[-1] < cdf[-1] in floating point, so picks < G.
+  return lay.floor + np.bincount(picks, minlength=len(lay.cdf))
+
+
+def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int | None = None,
+                           group_ids: np.ndarray | None = None, update_every: int = 1,
+                           process_index: int | None = None,
+                           process_count: int | None = None) -> OnlineMixtureSampler:
+  """A sampler whose global batches follow the proportions of a policy state, re-read online.
+
+  Rule (module docstring, with every random number of step t drawn from ``(seed, t)``
+  alone): ``floor(p_g B)`` slots per group, the remainder by categorical draws on the
+  fractional parts (``E[count_g] = p_g B``), in a random order; members of group g drawn
+  uniformly, distinct unless the group has fewer members than slots; process k returns
+  slots ``[k B / K, (k + 1) B / K)`` of the global batch.
+
+  Args:
+    global_batch_size: B, the batch of all processes together.
+    seed: non-negative int.
+    num_groups: G (default: ``max(group_ids) + 1``; required without ``group_ids``).
+    group_ids: int [n], the group of every example of an indexable dataset; None for
+      generated data (then only `plan` / `groups` are usable).
+    update_every: ``refresh`` adopts new proportions every this many steps.
+    process_index: this process (default ``jax.process_index()``).
+    process_count: number of processes (default ``jax.process_count()``); must divide B.
+
+  Returns:
+    An `OnlineMixtureSampler`. Its functions raise ValueError when the proportions are not
+    a distribution over G groups (`reweight.group.policy.check_probs`) or put weight on a
+    group without members.
+
+  Examples:
+    >>> groups = np.repeat([0, 1, 2], [10, 20, 30])
+    >>> s = online_mixture_sampler(8, seed=0, group_ids=groups, update_every=5,
+    ...                            process_index=0, process_count=1)
+    >>> state = s.init(np.array([0.5, 0.25, 0.25]))
+    >>> np.bincount(s.plan(0, state), minlength=3).tolist()
+    [4, 2, 2]
+    >>> state = s.refresh(state, 3, np.array([0.0, 0.0, 1.0]))   # 3 % 5 != 0: kept
+    >>> state.probs.tolist(), int(state.since_step)
+    ([0.5, 0.25, 0.25], 0)
+    >>> state = s.refresh(state, 5, np.array([0.0, 0.0, 1.0]))
+    >>> sorted(set(groups[s.indices(5, state)].tolist()))
+    [2]
+
+  References:
+    Xie et al., "DoReMi: Optimizing Data Mixtures Speeds Up Language Model Pretraining",
+    NeurIPS 2023. Albalak et al., "Efficient Online Data Mixing For Language Model
+    Pre-Training", 2023.
+  """
+  batch = _check_int("global_batch_size", global_batch_size, 1)
+  seed = _check_int("seed", seed, 0)
+  update_every = _check_int("update_every", update_every, 1)
+  if process_index is None or process_count is None:
+    import jax  # only when the caller leaves the process layout to JAX
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  process_count = _check_int("process_count", process_count, 1)
+  process_index = _check_int("process_index", process_index, 0)
+  if process_index >= process_count:
+    raise ValueError(f"process_index={process_index} must be < process_count={process_count}")
+  if batch % process_count:
+    raise ValueError(f"global_batch_size={batch} is not divisible by "
+                     f"process_count={process_count}")
+  local = batch // process_count
+  lo, hi = process_index * local, (process_index + 1) * local
+
+  sizes = order = first = None
+  if group_ids is not None:
+    group_ids = np.asarray(group_ids)
+    if group_ids.ndim != 1 or group_ids.size == 0 or not np.issubdtype(group_ids.dtype,
+                                                                       np.integer):
+      raise ValueError(f"group_ids must be a non-empty 1-D int array, got "
+                       f"{group_ids.dtype}{group_ids.shape}")
+    num_groups = (int(group_ids.max()) + 1 if num_groups is None
+                  else check_num_groups(num_groups))
+    bad = np.unique(group_ids[(group_ids < 0) | (group_ids >= num_groups)])
+    if bad.size:
+      raise ValueError(f"group_ids holds ids {bad.tolist()} outside [0, num_groups="
+                       f"{num_groups})")
+    order = np.argsort(group_ids, kind="stable").astype(np.int64)  # members, group by group
+    sizes = np.bincount(group_ids, minlength=num_groups).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+  elif num_groups is None:
+    raise ValueError("online_mixture_sampler needs num_groups= when group_ids is None")
+  num_groups = check_num_groups(num_groups)
+  group_range = np.arange(num_groups, dtype=np.int32)
+  last = {}  # the last proportions validated: {raw bytes: _Layout}
+  has_empty = sizes is not None and bool((sizes == 0).any())
+
+  def layout(probs) -> _Layout:
+    p = np.asarray(getattr(probs, "probs", probs), np.float64)
+    key = p.tobytes() if p.shape == (num_groups,) else None
+    hit = last.get(key)
+    if hit is not None:
+      return hit
+    p = check_probs(p, num_groups)
+    if has_empty:
+      empty = np.flatnonzero((p > 0) & (sizes == 0))
+      if empty.size:
+        raise ValueError(f"probs={p.tolist()} puts weight on groups {empty.tolist()} that "
+                         "have no example in group_ids")
+    p = p / p.sum()
+    lay = _layout(p, batch)
+    if sizes is not None:  # count_g <= floor_g + r: only these groups can have 2 count > n
+      lay = lay._replace(odd=np.flatnonzero(2 * (lay.floor + lay.remaining) > sizes))
+    for a in (p, lay.floor, lay.cdf):
+      a.flags.writeable = False
+    last.clear()
+    last[key] = lay
+    return lay
+
+  # Uniforms of a step: r remainder draws (r <= G), B order keys, B members, B per redraw
+  # round; each step owns `width` draws of the main stream.
+  width = -(-(num_groups + (2 + REDRAW_ROUNDS) * batch) // 4) * 4
+  num_draws = lambda lay: lay.remaining + (2 + REDRAW_ROUNDS) * batch
+
+  def one(step: int, lay: _Layout):
+    """The rule for one step: ``(slots int32 [B], positions in `order` int64 [B] | None)``."""
+    r = lay.remaining
+    u = step_uniforms(seed, step, 1, width, num_draws(lay))[0]
+    rng = None  # the step's generator of the second stream, when needed
+    counts = _counts(lay, u)
+    slots = group_range.repeat(counts)[u[r:r + batch].argsort(kind="stable")]
+    if order is None:
+      return slots, None
+    n = sizes[slots]
+    members = first[slots] + (u[r + batch:r + 2 * batch] * n).astype(np.int64)
+    keys = members
+    if lay.odd.size:
+      odd = lay.odd[2 * counts[lay.odd] > sizes[lay.odd]]  # dense or with replacement
+      if odd.size:
+        for g in odd[counts[odd] <= sizes[odd]].tolist():  # dense: a permutation prefix
+          rng = step_rng(seed, step) if rng is None else rng
+          members[slots == g] = first[g] + rng.permutation(sizes[g])[:counts[g]]
+        keys = np.where(np.isin(slots, odd), -1 - np.arange(batch), members)  # never collide
+    round_ = 0
+    while True:
+      by_key = keys.argsort(kind="stable")
+      sorted_keys = keys[by_key]
+      dup = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()[0]
+      if not dup.size:
+        break
+      later = np.sort(by_key[dup + 1])  # every later occurrence, in slot order
+      round_ += 1
+      if round_ <= REDRAW_ROUNDS:  # slot s redraws with u[r + (1 + round) B + s]
+        v = u[r + (1 + round_) * batch + later]
+      else:
+        rng = step_rng(seed, step) if rng is None else rng
+        v = rng.random(len(later))
+      # floor(v n) < n for every double v < 1 and integer n < 2**53 (rounding is monotone).
+      members[later] = first[slots[later]] + (v * n[later]).astype(np.int64)
+      if keys is not members:
+        keys[later] = members[later]
+    return slots, members
+
+  def block(start: int, count: int, lay: _Layout):
+    """`one` for steps ``start .. start + count - 1`` at once (the same numbers), vectorized.
+
+    Steps with a dense group, a group drawn with replacement, or duplicates left after
+    `REDRAW_ROUNDS` redraw rounds are recomputed by `one`.
+    """
+    r = lay.remaining
+    u = step_uniforms(seed, start, count, width, num_draws(lay))
+    rows = np.arange(count)[:, None]
+    if r:
+      picks = np.searchsorted(lay.cdf, u[:, :r] * lay.cdf[-1], side="right")
+      extra = np.bincount((picks + num_groups * rows).ravel(), minlength=count * num_groups)
+      counts = lay.floor + extra.reshape(count, num_groups)
+    else:
+      counts = np.broadcast_to(lay.floor, (count, num_groups))
+    # Row t of `repeated` is np.repeat(arange(G), counts[t]): one searchsorted for all rows.
+    bounds = (np.cumsum(counts, axis=1) + batch * rows).ravel()
+    repeated = (np.searchsorted(bounds, (np.arange(batch) + batch * rows).ravel(), side="right")
+                .reshape(count, batch) - num_groups * rows)
+    slots = np.take_along_axis(repeated, u[:, r:r + batch].argsort(axis=1, kind="stable"),
+                               axis=1).astype(np.int32)
+    if order is None:
+      return slots, None
+    n = sizes[slots]
+    members = first[slots] + (u[:, r + batch:r + 2 * batch] * n).astype(np.int64)
+    fallback = np.zeros(count, bool)
+    if lay.odd.size:
+      fallback = (2 * counts[:, lay.odd] > sizes[lay.odd]).any(axis=1)
+    total = len(order)
+    keys = members + total * rows  # one key space for all rows
+    if fallback.any():
+      keys = np.where(fallback[:, None], -1 - np.arange(count * batch).reshape(count, batch),
+                      keys)
+    for round_ in range(REDRAW_ROUNDS + 1):
+      flat = keys.ravel()
+      by_key = flat.argsort(kind="stable")
+      sorted_keys = flat[by_key]
+      dup = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()[0]
+      if not dup.size:
+        break
+      later = np.sort(by_key[dup + 1])
+      if round_ == REDRAW_ROUNDS:  # those steps continue their generator, in `one`
+        fallback[later // batch] = True
+        break
+      lr, ls = np.divmod(later, batch)
+      v = u[lr, r + (2 + round_) * batch + ls]
+      members[lr, ls] = first[slots[lr, ls]] + (v * n[lr, ls]).astype(np.int64)
+      keys[lr, ls] = members[lr, ls] + total * lr
+    for k in np.flatnonzero(fallback).tolist():
+      slots[k], members[k] = one(start + k, lay)
+    return slots, members
+
+  cached = [None]  # (layout, first step, step count, slots, members) of the last block
+
+  def rows_for(step, probs):
+    step = _check_int("step", step, 0)
+    lay = layout(probs)
+    c = cached[0]
+    if c is not None and c[0] is lay and c[1] <= step < c[1] + c[2]:
+      k = step - c[1]
+      return c[3][k], None if c[4] is None else c[4][k]
+    if update_every == 1:
+      return one(step, lay)
+    # The proportions cannot change before the next refresh: draw the steps up to it at once.
+    count = min(update_every - step % update_every, MAX_BLOCK, max(1, (1 << 16) // batch))
+    slots, members = block(step, count, lay)
+    cached[0] = (lay, step, count, slots, members)
+    return slots[0], None if members is None else members[0]
+
+  def plan(step: int, probs) -> np.ndarray:
+    return rows_for(step, probs)[0].copy()
+
+  def groups(step: int, probs) -> np.ndarray:
+    return rows_for(step, probs)[0][lo:hi].copy()
+
+  def indices(step: int, probs) -> np.ndarray:
+    if order is None:
+      raise ValueError("indices needs group_ids= (the group of every example); use groups() "
+                       "for generated data")
+    return order[rows_for(step, probs)[1][lo:hi]]
+
+  def init(probs=None) -> OnlineMixtureState:
+    p = np.full(num_groups, 1.0 / num_groups) if probs is None else layout(probs).probs
+    return OnlineMixtureState(np.array(p, np.float64), np.asarray(0, np.int64))
+
+  def refresh(state: OnlineMixtureState, step: int, probs) -> OnlineMixtureState:
+    step = _check_int("step", step, 0)
+    if step % update_every:
+      return state
+    return OnlineMixtureState(layout(probs).probs, np.asarray(step, np.int64))
+
+  return OnlineMixtureSampler(init, refresh, plan, groups, indices, batch, local, num_groups,
+                              update_every, process_index, process_count)
+
+
+__all__ = [
+    "EXTRA_SALT",
+    "MAX_BLOCK",
+    "ONLINE_MIXTURE_SALT",
+    "REDRAW_ROUNDS",
+    "OnlineMixtureSampler",
+    "OnlineMixtureState",
+    "online_mixture_sampler",
+    "plan_counts",
+    "step_rng",
+    "step_uniforms",
+]
