@@ -3,7 +3,7 @@
 * `load(name, split)` builds (once) and reads ``"digits"`` or ``"mnist1d"`` into a dict
   of NumPy arrays ``{"x", "label", "id"}``; `num_classes(name)`.
 * Corruptions of the train split that keep the ground truth: `label_noise`,
-  `class_imbalance`, `domains`, `split_meta`.
+  `class_imbalance`, `domains`, `split_meta`, `spurious_marker` (group shift).
 * Samplers, pure functions ``step -> batch indices`` deterministic in ``(seed, step)``:
   `epoch_sampler`, `mixture_sampler`, `curriculum_sampler`, `random_subset_per_epoch`.
 * Mixing groups online: `online_mixture_sampler` draws each global batch in the
@@ -22,6 +22,7 @@ from reweight.data.corruptions import (
     domains,
     label_noise,
     split_meta,
+    spurious_marker,
 )
 from reweight.data.datasets import DATASETS, builder, load, num_classes
 from reweight.data.digits import Digits
@@ -83,6 +84,7 @@ __all__ = [
     "random_subset_per_epoch",
     "sampler_iterator",
     "split_meta",
+    "spurious_marker",
     "take",
     "train_iterator",
 ]
