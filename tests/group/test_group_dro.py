@@ -153,9 +153,12 @@ def test_bad_input():
     group_dro(2, step_size=-1)
 
 
-def test_microbatched_step_equals_full_batch():
+@pytest.mark.parametrize("name", ["group_dro", "doremi"])
+def test_microbatched_step_equals_full_batch(name):
+  """Global-batch group weights survive gradient accumulation (DoReMi too, with ref_losses)."""
   batch = regression_batches(1, n=32)[0]
-  weighting = group_dro(4, 0.5)
+  weighting = group_dro(4, 0.5) if name == "group_dro" else reweight.group.doremi(4)
+  ref_losses = np.random.default_rng(3).exponential(size=32).astype(np.float32)
   opt = optax.adam(1e-2)
 
   def per_example(params, b, *, key=None):
@@ -167,9 +170,10 @@ def test_microbatched_step_equals_full_batch():
   micro = jax.jit(make_train_step(per_example, weighting, opt, microbatches=4))
   s_full = s_micro = state_lib.create(params, opt, weighting, jax.random.PRNGKey(0))
   for _ in range(3):
-    s_full, m_full = full(s_full, batch)
-    s_micro, m_micro = micro(s_micro, batch)
+    s_full, m_full = full(s_full, batch, ref_losses=ref_losses)
+    s_micro, m_micro = micro(s_micro, batch, ref_losses=ref_losses)
     np.testing.assert_allclose(m_micro["weights"], m_full["weights"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m_micro["probs"], m_full["probs"], rtol=1e-6, atol=1e-7)
   for a, b in zip(jax.tree.leaves(s_micro), jax.tree.leaves(s_full)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
