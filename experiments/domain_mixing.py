@@ -69,13 +69,13 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from scipy import stats  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import reweight  # noqa: E402
 from reweight import group, losses  # noqa: E402
 from reweight.data import domain_text, text  # noqa: E402
 from reweight.data.online_mixture import online_mixture_sampler  # noqa: E402
+from reweight.train import report  # noqa: E402
 from reweight.train.models import functional, make_model  # noqa: E402
 from reweight.train.state import create  # noqa: E402
 from reweight.train.step import make_train_step  # noqa: E402
@@ -375,18 +375,6 @@ def method_table(setup: Setup) -> dict:
 # ----------------------------------------------------------------------- run bookkeeping
 
 
-def _load_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _dump_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f)
-  os.replace(path + ".tmp", path)  # a run is either finished or absent
-
-
 def save_params(path: str, params) -> None:
   np.savez(path, *[np.asarray(x) for x in jax.tree.leaves(params)])
 
@@ -412,7 +400,7 @@ def finish_run(setup: Setup, run_dir: str, state, out: dict, **meta) -> dict:
       result[key] = np.asarray(result[key]).tolist()
   os.makedirs(run_dir, exist_ok=True)
   save_params(os.path.join(run_dir, "params.npz"), state.trainable)
-  _dump_json(os.path.join(run_dir, "result.json"), result)
+  report.write_json(os.path.join(run_dir, "result.json"), result)
   return result
 
 
@@ -422,35 +410,6 @@ def steps_of(config, method: str) -> int:
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def mean_std(values: Sequence[float]) -> list:
-  """``[mean, sample std (ddof=1)]``; the std is None for a single value."""
-  v = np.asarray(values, np.float64)
-  return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None]
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> dict:
-  """Per-seed differences ``a - b``, their mean and 95% t-interval (None for one seed)."""
-  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  n, mean = len(d), float(d.mean())
-  if n < 2:
-    return {"differences": d.tolist(), "mean": mean, "ci95": None, "n": n}
-  half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
-  return {"differences": d.tolist(), "mean": mean, "ci95": [mean - half, mean + half], "n": n}
-
-
-def verdict(p: Mapping, a: str, b: str, what: str) -> str:
-  """The sentence for a loss (lower is better) from the interval of ``a - b``."""
-  if p["ci95"] is None:
-    return f"{a} vs {b} on {what}: cannot be judged at n = {p['n']} seed"
-  lo, hi = p["ci95"]
-  interval = f"{a} − {b} = {p['mean']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]"
-  if hi < 0:
-    return f"{a} beats {b} on {what} ({interval})"
-  if lo > 0:
-    return f"{b} beats {a} on {what} ({interval})"
-  return f"no clear difference at {p['n']} seeds between {a} and {b} on {what} ({interval})"
 
 
 def natural_metrics(result: Mapping, natural: Sequence[str]) -> tuple[float, float]:
@@ -466,15 +425,15 @@ def summarize_mixing(results: Mapping[str, list[dict]], config) -> dict:
     avg, worst = zip(*[natural_metrics(r, config.natural) for r in runs])
     methods[method] = {
         "n": len(runs), "seeds": [r["seed"] for r in runs],
-        "avg_natural": mean_std(avg), "worst_natural": mean_std(worst),
-        "test_losses": {d: mean_std([r["test_losses"][d] for r in runs]) for d in names},
+        "avg_natural": report.mean_std(avg), "worst_natural": report.mean_std(worst),
+        "test_losses": {d: report.mean_std([r["test_losses"][d] for r in runs]) for d in names},
         "final_probs": np.mean([r["final_probs"] for r in runs], axis=0).tolist()}
   ref = results.get(config.reference)
   for method, runs in results.items():
     if ref is None or method == config.reference:
       continue
     comparisons[method] = {
-        key: paired([natural_metrics(r, config.natural)[i] for r in runs],
+        key: report.paired_difference([natural_metrics(r, config.natural)[i] for r in runs],
                     [natural_metrics(r, config.natural)[i] for r in ref])
         for i, key in enumerate(("avg_natural", "worst_natural"))}
   return {"domains": names, "methods": methods, "paired_vs_reference": comparisons}
@@ -528,7 +487,7 @@ def mixing_report(summary: Mapping, config) -> str:
     if p:
       for key, what in (("avg_natural", "the average natural-domain loss"),
                         ("worst_natural", "the worst natural-domain loss")):
-        lines.append(f"* {verdict(p[key], method, ref, what)}.")
+        lines.append(f"* {report.verdict(p[key], method, ref, what, higher_is_better=False)}.")
   for domain in ("noise", "duplicated"):
     if domain in names:
       g = names.index(domain)
@@ -546,10 +505,11 @@ def summarize_upsample(results: Mapping[float, list[dict]], config) -> dict:
   for f, runs in results.items():
     target = [r["test_losses"][u.domain] for r in runs]
     others = [float(np.mean([r["test_losses"][d] for d in rest])) for r in runs]
-    row = {"n": len(runs), "target": mean_std(target), "rest": mean_std(others)}
+    row = {"n": len(runs), "target": report.mean_std(target), "rest": report.mean_std(others)}
     if base is not None and f != 0.0:
-      row["target_vs_f0"] = paired(target, [r["test_losses"][u.domain] for r in base])
-      row["rest_vs_f0"] = paired(
+      row["target_vs_f0"] = report.paired_difference(
+          target, [r["test_losses"][u.domain] for r in base])
+      row["rest_vs_f0"] = report.paired_difference(
           others, [float(np.mean([r["test_losses"][d] for d in rest])) for r in base])
     rows[f"{f:g}"] = row
   return {"domain": u.domain, "rest": rest, "rows": rows}
@@ -573,8 +533,11 @@ def upsample_report(summary: Mapping, config) -> str:
   lines.append("")
   for f, r in summary["rows"].items():
     if "target_vs_f0" in r:
-      lines.append(f"* f = {f}: {verdict(r['target_vs_f0'], f'f={f}', 'f=0', u.domain)}; "
-                   f"{verdict(r['rest_vs_f0'], f'f={f}', 'f=0', 'the rest')}.")
+      target = report.verdict(r["target_vs_f0"], f"f={f}", "f=0", u.domain,
+                              higher_is_better=False)
+      rest = report.verdict(r["rest_vs_f0"], f"f={f}", "f=0", "the rest",
+                            higher_is_better=False)
+      lines.append(f"* f = {f}: {target}; {rest}.")
   return "\n".join(lines)
 
 
@@ -690,7 +653,7 @@ def run_mixing(setup: Setup, workdir: str, progress: bool) -> dict[str, list[dic
       run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
       path = os.path.join(run_dir, "result.json")
       if os.path.exists(path):
-        results[method].append(_load_json(path))
+        results[method].append(report.read_json(path))
         bar.update(steps_of(c, method))
         continue
       bar.set_description(f"{method}/seed{seed}")
@@ -731,7 +694,7 @@ def run_upsample(setup: Setup, workdir: str, progress: bool) -> dict[float, list
       run_dir = os.path.join(workdir, "runs", "upsample", f"f{f:g}", f"seed{seed}")
       path = os.path.join(run_dir, "result.json")
       if os.path.exists(path):
-        results[f].append(_load_json(path))
+        results[f].append(report.read_json(path))
         bar.update(u.steps)
         continue
       start, state = time.time(), fresh_state(setup, seed)

@@ -62,11 +62,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from scipy import stats  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 import reweight  # noqa: E402
 from reweight.data import corruptions, datasets, pipeline, samplers  # noqa: E402
+from reweight.train import report  # noqa: E402
 from reweight.train.models import functional, make_model  # noqa: E402
 from reweight.train.state import create  # noqa: E402
 from reweight.train.step import classification_loss, make_train_step  # noqa: E402
@@ -243,23 +243,6 @@ METRICS = (("test_worst_group_accuracy", "worst-group"),
 TRAIN_METRICS = (("train_worst_group_accuracy", "train worst-group"),)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample std (ddof=1; NaN for one value)."""
-  v = np.asarray(values, np.float64)
-  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-  """Per-seed differences ``a - b``, their mean and 95% t-interval (NaN for one seed)."""
-  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  n = len(d)
-  mean = float(d.mean())
-  if n < 2:
-    return {"differences": d.tolist(), "mean": mean, "ci95": [float("nan")] * 2, "n": n}
-  half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
-  return {"differences": d.tolist(), "mean": mean, "ci95": [mean - half, mean + half], "n": n}
-
-
 def summarize(selected: Mapping[str, list[dict]], curves: Mapping[str, Mapping[float, list]],
               comparisons: Sequence[tuple[str, str]]) -> dict[str, Any]:
   """Per method: mean ± std of every metric and per group, and per L2 the mean over seeds of
@@ -267,9 +250,9 @@ def summarize(selected: Mapping[str, list[dict]], curves: Mapping[str, Mapping[f
   of every ``(a, b)`` in ``comparisons`` (seeds matched)."""
   out: dict[str, Any] = {"methods": {}, "paired": {}}
   for method, rows in selected.items():
-    s = {key: mean_std([r[key] for r in rows]) for key, _ in METRICS + TRAIN_METRICS}
+    s = {key: report.mean_std([r[key] for r in rows]) for key, _ in METRICS + TRAIN_METRICS}
     groups = np.asarray([r["test_group_accuracy"] for r in rows])
-    s["test_group_accuracy"] = [mean_std(groups[:, g]) for g in range(NUM_GROUPS)]
+    s["test_group_accuracy"] = [report.mean_std(groups[:, g]) for g in range(NUM_GROUPS)]
     s["weight_decay"] = [r["weight_decay"] for r in rows]
     s["step"] = [r["step"] for r in rows]
     s["n"] = len(rows)
@@ -281,14 +264,14 @@ def summarize(selected: Mapping[str, list[dict]], curves: Mapping[str, Mapping[f
   for a, b in comparisons:
     assert [r["seed"] for r in selected[a]] == [r["seed"] for r in selected[b]]
     out["paired"][f"{a} − {b}"] = {
-        key: paired([r[key] for r in selected[a]], [r[key] for r in selected[b]])
+        key: report.paired_difference([r[key] for r in selected[a]], [r[key] for r in selected[b]])
         for key, _ in METRICS[:2]}
   return out
 
 
 def _pm(stat) -> str:
   m, s = stat
-  return f"{100 * m:.1f} ± {100 * s:.1f}" if np.isfinite(s) else f"{100 * m:.1f}"
+  return f"{100 * m:.1f} ± {100 * s:.1f}" if s is not None else f"{100 * m:.1f}"
 
 
 def _describe(spec) -> str:
@@ -297,16 +280,14 @@ def _describe(spec) -> str:
 
 
 def verdict(p: Mapping[str, Any], method: str, reference: str) -> str:
-  """The sentence about worst-group accuracy, from the 95% interval of the difference."""
-  lo, hi = p["ci95"]
-  if np.isfinite(lo) and lo > 0:
-    return f"{method} beats {reference} on worst-group accuracy"
-  if np.isfinite(hi) and hi < 0:
-    return f"{reference} beats {method} on worst-group accuracy"
-  return f"no clear difference at {p['n']} seeds"
+  """The sentence about worst-group accuracy (`report.verdict`, in points)."""
+  points = {**p, "mean": 100 * p["mean"],
+            "ci95": None if p["ci95"] is None else [100 * x for x in p["ci95"]]}
+  return report.verdict(points, method, reference, "worst-group accuracy (points)",
+                        higher_is_better=True, digits=1)
 
 
-def report(summary: Mapping[str, Any], config: ml_collections.ConfigDict) -> str:
+def markdown_report(summary: Mapping[str, Any], config: ml_collections.ConfigDict) -> str:
   """The Markdown report: main table, per-group table, paired comparison."""
   methods = summary["methods"]
   n = next(iter(methods.values()))["n"]
@@ -352,11 +333,11 @@ def report(summary: Mapping[str, Any], config: ml_collections.ConfigDict) -> str
     for key, title in METRICS[:2]:
       q = p[key]
       seeds = ", ".join(f"{100 * d:+.1f}" for d in q["differences"])
-      ci = ("n/a" if not np.isfinite(q["ci95"][0])
+      ci = ("n/a" if q["ci95"] is None
             else f"[{100 * q['ci95'][0]:+.1f}, {100 * q['ci95'][1]:+.1f}]")
       lines.append(f"| {title} | {seeds} | {100 * q['mean']:+.1f} | {ci} |")
     lines += ["", f"**{verdict(p['test_worst_group_accuracy'], a, b)}**"
-              f" (95% t-interval of the worst-group difference over n = {n} seeds)."]
+              f" (paired over n = {n} seeds)."]
   return "\n".join(lines) + "\n"
 
 
@@ -420,7 +401,7 @@ def plot_test_groups(summary: Mapping[str, Any], path: str) -> str:
   width = 0.8 / len(methods)
   for i, (method, s) in enumerate(methods.items()):
     mean = [100 * m for m, _ in s["test_group_accuracy"]]
-    std = [100 * sd if np.isfinite(sd) else 0.0 for _, sd in s["test_group_accuracy"]]
+    std = [0.0 if sd is None else 100 * sd for _, sd in s["test_group_accuracy"]]
     ax.bar(np.arange(NUM_GROUPS) + i * width, mean, width, yerr=std, label=method, capsize=3)
   ax.set_xticks(np.arange(NUM_GROUPS) + 0.4 - width / 2,
                 [f"g{g}\n{name}" for g, name in enumerate(GROUP_NAMES)], fontsize=8)
@@ -435,18 +416,6 @@ def plot_test_groups(summary: Mapping[str, Any], path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- main
-
-
-def _load_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _dump_json(path: str, obj) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f)
-  os.replace(path + ".tmp", path)  # a run is either finished or absent
 
 
 def run_dir(workdir: str, method: str, weight_decay: float, seed: int) -> str:
@@ -488,13 +457,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
               progress=progress, desc=f"{method}/wd{wd:g}/seed{seed}")
           os.makedirs(os.path.dirname(path), exist_ok=True)
           np.savez(os.path.join(os.path.dirname(path), "params.npz"), **best_params)
-          _dump_json(path, {"curve": curve, "best_step": best_step, "weight_decay": wd,
+          report.write_json(path, {"curve": curve, "best_step": best_step, "weight_decay": wd,
                             "seed": seed})
-        curves[method][wd].append(_load_json(path)["curve"])
+        curves[method][wd].append(report.read_json(path)["curve"])
         bar.update()
       if not os.path.exists(chosen_path):  # the test split, once, at the chosen setting
         wd, step = select({w: curves[method][w][-1] for w in wds})
-        saved = _load_json(os.path.join(run_dir(workdir, method, wd, seed), "result.json"))
+        saved = report.read_json(os.path.join(run_dir(workdir, method, wd, seed), "result.json"))
         assert saved["best_step"] == step, (saved["best_step"], step)
         with np.load(os.path.join(run_dir(workdir, method, wd, seed), "params.npz")) as f:
           params = unflatten_params(dict(f), fn.params)
@@ -504,12 +473,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                "val_accuracy": record["val_accuracy"],
                **chosen_metrics(predict(params, data["test"]["x"]),
                               predict(params, data["train"]["x"]), data)}
-        _dump_json(chosen_path, out)
-      selected[method].append(_load_json(chosen_path))
+        report.write_json(chosen_path, out)
+      selected[method].append(report.read_json(chosen_path))
   bar.close()
 
   summary = summarize(selected, curves, config.comparisons)
-  table = report(summary, config)
+  table = markdown_report(summary, config)
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(table)
   with open(os.path.join(workdir, "summary.json"), "w") as f:

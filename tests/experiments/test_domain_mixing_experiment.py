@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from scipy import stats
 
 from configs import domain_mixing as config_lib
 from experiments import domain_mixing as exp
@@ -121,17 +120,3 @@ def test_runs_end_to_end_and_numbers_come_from_the_runs(tmp_path):
   again = exp.run(c, str(tmp_path), progress=False)
   assert again["summary"]["mixing"] == out["summary"]["mixing"]
   assert again["summary"]["upsample"] == out["summary"]["upsample"]
-
-
-def test_paired_interval_and_verdicts():
-  a, b = [1.0, 1.2, 0.9], [1.5, 1.6, 1.4]
-  p = exp.paired(a, b)
-  d = np.array(a) - np.array(b)
-  half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
-  np.testing.assert_allclose(p["ci95"], [d.mean() - half, d.mean() + half])
-  assert exp.verdict(p, "x", "y", "loss").startswith("x beats y")
-  assert exp.verdict(exp.paired([1.0, 2.0, 0.0], [1.0, 1.0, 1.0]), "x", "y",
-                     "loss").startswith("no clear difference at 3 seeds")
-  assert exp.verdict(exp.paired(b, a), "x", "y", "loss").startswith("y beats x")
-  assert exp.mean_std([1.0, 2.0, 3.0]) == [2.0, 1.0]
-  assert exp.mean_std([1.0]) == [1.0, None]

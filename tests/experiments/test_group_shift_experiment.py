@@ -16,6 +16,7 @@ from experiment_checks import table_row
 from configs import group_shift as config_lib
 from experiments import group_shift as exp
 from reweight.data import corruptions, datasets
+from reweight.train import report
 
 METHODS = ("erm", "group_dro", "group_balanced")
 METRIC_KEYS = ("test_worst_group_accuracy", "test_average_accuracy", "test_balanced_accuracy",
@@ -92,7 +93,7 @@ def test_outputs_are_written(finished):
   for name in ("val_worst_group.png", "test_groups.png", "q_trajectory.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert len(out["plots"]) == 3  # q is plotted for group_dro only: frozen q is not a curve
-  assert "no clear difference at 1 seeds" in out["table"]
+  assert "cannot be judged at n = 1 seed" in out["table"]
 
 
 def test_restart_reuses_the_finished_runs(finished):
@@ -199,12 +200,13 @@ def test_paired_interval_and_verdict():
   a, b = [0.80, 0.85, 0.90], [0.70, 0.78, 0.76]
   d = np.array(a) - np.array(b)  # 0.10, 0.07, 0.14
   half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # t_{0.975, df=2}
-  p = exp.paired(a, b)
+  p = report.paired_difference(a, b)
   np.testing.assert_allclose(p["ci95"], [d.mean() - half, d.mean() + half], rtol=1e-9)
-  assert exp.verdict(p, "group_dro", "erm") == "group_dro beats erm on worst-group accuracy"
-  p = exp.paired([0.8, 0.7, 0.9], [0.75, 0.8, 0.85])
-  assert exp.verdict(p, "group_dro", "erm") == "no clear difference at 3 seeds"
-  assert exp.mean_std([0.8, 0.7, 0.9])[1] == pytest.approx(0.1)  # sample std, ddof=1
+  assert exp.verdict(p, "group_dro", "erm").startswith(
+      "group_dro beats erm on worst-group accuracy (points) (group_dro − erm = +10.3, 95% CI")
+  p = report.paired_difference([0.8, 0.7, 0.9], [0.75, 0.8, 0.85])
+  assert exp.verdict(p, "group_dro", "erm").startswith("no clear difference at 3 seeds")
+  assert report.mean_std([0.8, 0.7, 0.9])[1] == pytest.approx(0.1)  # sample std, ddof=1
 
 
 def test_select_breaks_ties_by_average_then_order():
