@@ -1,11 +1,17 @@
 """Runs an experiment from a config: ``python -m reweight.main --config=configs/default.py
 --workdir=DIR``. Override any field on the command line: ``--config.steps=500``.
+
+Preemption: on SIGTERM the run in progress finishes its step, is checkpointed at that step,
+and the program exits with status 143 (128 + SIGTERM) and a one-line message on stderr.
+Running the same command again resumes it and ends with the table of an uninterrupted run.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reweight.train import experiment
+from reweight.train import experiment, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
                                           "Path to an ml_collections config file.")
@@ -16,7 +22,12 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   config = _CONFIG.value
-  out = experiment.run(config, _WORKDIR.value)
+  try:
+    with loop.Preemption() as preemption:  # puts the previous SIGTERM handler back after
+      out = experiment.run(config, _WORKDIR.value, preemption=preemption)
+  except loop.Preempted as e:
+    print(f"\nreweight.main: {e}", file=sys.stderr, flush=True)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
   print()
   print(f"{config.dataset}, {100 * config.noise_rate:.0f}% {config.noise_kind} label noise, "
         f"{config.model}, {config.steps} steps, seeds {tuple(config.seeds)}")

@@ -10,7 +10,8 @@ in `reweight.losses`. A weighting argument given as ``"from_train"`` (``class_co
 read off the training split. The weighting is built once per method, from the first seed's
 data. ``clean_labels=True`` trains on the uncorrupted labels (an upper
 bound). Each run lives in ``workdir/runs/<method>/seed<k>``; finished runs are not run again
-when the experiment is restarted, unfinished ones resume from their last checkpoint.
+when the experiment is restarted, unfinished ones resume from their last checkpoint (a
+periodic one, or the one written on SIGTERM when a `loop.Preemption` is passed).
 """
 
 from __future__ import annotations
@@ -128,8 +129,34 @@ def format_table(summary: Mapping[str, Mapping[str, tuple[float, float]]],
   return "\n".join(lines)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict:
+def _shared_eval_step(apply_fn, num_classes: int):
+  """One jitted eval step for every method: it sees only the state's model part.
+
+  The optimizer and weighting states differ in structure from method to method; dropping them
+  (they are not read) makes every method's call hit the same compiled step.
+  """
+  jitted = jax.jit(make_eval_step(apply_fn, num_classes))
+
+  def eval_step(state, batch):
+    return jitted(state._replace(opt_state=None, weighting_state=None), batch)
+
+  return eval_step
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
+        preemption: loop.Preemption | None = None) -> dict:
   """Runs every method of ``config`` for every seed; writes the table and plots.
+
+  Each method's train step is compiled once (its seeds share it), the eval step once for the
+  whole experiment.
+
+  Args:
+    config: the experiment (see ``configs/default.py``).
+    workdir: where runs, table and plots go; a restarted experiment skips finished runs and
+      resumes unfinished ones.
+    progress: show progress bars.
+    preemption: an entered `loop.Preemption`; on its notice the run in progress is saved and
+      `loop.Preempted` raised (``reweight.main`` passes one).
 
   Returns:
     ``{"summary": {method: {...}}, "table": str, "plots": [paths]}``.
@@ -142,58 +169,62 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   methods = dict(config.methods)
   total = len(methods) * len(config.seeds)
   outer = tqdm(total=total, desc="runs", disable=not progress)
-  for method, spec in methods.items():
-    spec = ml_collections.ConfigDict(spec)
-    optimizer = make_optimizer(config)
-    weighting = train_step = eval_step = None
-    runs[method], finals[method] = [], []
-    for seed in config.seeds:
-      run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
-      done = os.path.join(run_dir, "result.json")
-      if os.path.exists(done):
-        with open(done) as f:
-          saved = json.load(f)
-        runs[method].append(saved["history"])
-        finals[method].append({k: np.asarray(v) for k, v in saved["final_weights"].items()})
+  eval_step = None  # one for all methods: the same model and test set
+  try:
+    for method, spec in methods.items():
+      spec = ml_collections.ConfigDict(spec)
+      optimizer = make_optimizer(config)
+      weighting = train_step = None
+      runs[method], finals[method] = [], []
+      for seed in config.seeds:
+        run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
+        done = os.path.join(run_dir, "result.json")
+        if os.path.exists(done):
+          with open(done) as f:
+            saved = json.load(f)
+          runs[method].append(saved["history"])
+          finals[method].append({k: np.asarray(v) for k, v in saved["final_weights"].items()})
+          outer.update()
+          continue
+        if seed not in prepared:  # the same for every method: read and corrupt once
+          prepared[seed] = prepare_data(config, seed)
+        train, meta, test, num_classes = prepared[seed]
+        if spec.get("clean_labels", False) and "clean_label" in train:
+          train = dict(train, label=train["clean_label"])
+        fn = functional(make_model(config.model, seed=seed, num_classes=num_classes,
+                                   **dict(config.model_kwargs)))
+        per_example = classification_loss(fn.apply, spec.get("loss", "ce"),
+                                          **dict(spec.get("loss_kwargs", {})))
+        if weighting is None:
+          weighting = make_weighting(spec.get("weighting", "uniform"),
+                                     **resolve_data_kwargs(spec.get("weighting_kwargs", {}),
+                                                           train, num_classes))
+        if train_step is None:
+          train_step = jax.jit(make_train_step(per_example, weighting, optimizer,
+                                               microbatches=config.microbatches),
+                               donate_argnums=0)
+        if eval_step is None:
+          eval_step = _shared_eval_step(fn.apply, num_classes)
+        loss_kwargs = {}
+        if meta is not None:  # weightings that do not use it ignore it
+          loss_kwargs["meta_batch"] = {"x": meta["x"], "label": meta["label"]}
+        result = loop.train(
+            apply_fn=fn.apply, params=fn.params, per_example_loss=per_example,
+            weighting=weighting, optimizer=optimizer, train_ds=train, test_ds=test,
+            num_classes=num_classes, steps=config.steps, batch_size=config.batch_size,
+            seed=seed, eval_every=config.eval_every, workdir=run_dir,
+            checkpoint_every=config.checkpoint_every, loss_kwargs=loss_kwargs, mesh=mesh,
+            progress=progress, desc=f"{method}/seed{seed}", train_step=train_step,
+            eval_step=eval_step, preemption=preemption)
+        with open(done, "w") as f:
+          json.dump({"history": result.history,
+                     "final_weights": {k: v.tolist() for k, v in result.final_weights.items()}},
+                    f)
+        runs[method].append(result.history)
+        finals[method].append(result.final_weights)
         outer.update()
-        continue
-      if seed not in prepared:  # the same for every method: read and corrupt once
-        prepared[seed] = prepare_data(config, seed)
-      train, meta, test, num_classes = prepared[seed]
-      if spec.get("clean_labels", False) and "clean_label" in train:
-        train = dict(train, label=train["clean_label"])
-      fn = functional(make_model(config.model, seed=seed, num_classes=num_classes,
-                                 **dict(config.model_kwargs)))
-      per_example = classification_loss(fn.apply, spec.get("loss", "ce"),
-                                        **dict(spec.get("loss_kwargs", {})))
-      if weighting is None:
-        weighting = make_weighting(spec.get("weighting", "uniform"),
-                                   **resolve_data_kwargs(spec.get("weighting_kwargs", {}),
-                                                         train, num_classes))
-      if train_step is None:
-        train_step = jax.jit(make_train_step(per_example, weighting, optimizer,
-                                             microbatches=config.microbatches),
-                             donate_argnums=0)
-        eval_step = jax.jit(make_eval_step(fn.apply, num_classes))
-      loss_kwargs = {}
-      if meta is not None:  # weightings that do not use it ignore it
-        loss_kwargs["meta_batch"] = {"x": meta["x"], "label": meta["label"]}
-      result = loop.train(
-          apply_fn=fn.apply, params=fn.params, per_example_loss=per_example,
-          weighting=weighting, optimizer=optimizer, train_ds=train, test_ds=test,
-          num_classes=num_classes, steps=config.steps, batch_size=config.batch_size,
-          seed=seed, eval_every=config.eval_every, workdir=run_dir,
-          checkpoint_every=config.checkpoint_every, loss_kwargs=loss_kwargs, mesh=mesh,
-          progress=progress, desc=f"{method}/seed{seed}", train_step=train_step,
-          eval_step=eval_step)
-      with open(done, "w") as f:
-        json.dump({"history": result.history,
-                   "final_weights": {k: v.tolist() for k, v in result.final_weights.items()}},
-                  f)
-      runs[method].append(result.history)
-      finals[method].append(result.final_weights)
-      outer.update()
-  outer.close()
+  finally:
+    outer.close()
 
   summary = {m: summarize(runs[m], finals[m]) for m in methods}
   table = format_table(summary, config.noise_rate if config.noise_rate > 0 else None)

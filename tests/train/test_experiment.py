@@ -24,9 +24,13 @@ def small_config():
   return c
 
 
-def test_default_config_runs_and_writes_table_and_plots(tmp_path):
-  out = experiment.run(small_config(), str(tmp_path), progress=False)
+def test_default_config_runs_and_writes_table_and_plots(tmp_path, count_compiles):
+  with count_compiles() as counts:
+    out = experiment.run(small_config(), str(tmp_path), progress=False)
   methods = list(default.get_config().methods)
+  # One train step per method, shared by its seeds; one eval step for the whole experiment.
+  assert counts["full_batch_step"] == len(methods), counts
+  assert counts["eval_step"] == 1, counts
   assert list(out["summary"]) == methods
   for line in methods:
     assert f"| {line} |" in out["table"]

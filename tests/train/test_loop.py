@@ -1,14 +1,22 @@
-"""The loop on real data: resume from a checkpoint continues the same trajectory."""
+"""The loop on real data: resume from a checkpoint (periodic, or saved on SIGTERM) continues
+the same trajectory; each step compiles once per run."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import optax
+import pytest
 
 import reweight
 from reweight.data import corruptions, datasets
 from reweight.train import loop
 from reweight.train.models import functional, make_model
-from reweight.train.step import classification_loss
+from reweight.train.step import classification_loss, make_train_step
 
 
 def setup(seed=0):
@@ -66,3 +74,116 @@ def test_evaluate_matches_numpy():
   bal = np.mean([np.mean(pred[test["label"] == c] == c) for c in range(10)])
   np.testing.assert_allclose(out["accuracy"], acc, rtol=1e-6)
   np.testing.assert_allclose(out["balanced_accuracy"], bal, rtol=1e-6)
+
+
+def test_train_and_eval_steps_compile_once_per_run(tmp_path, count_compiles):
+  with count_compiles() as counts:
+    loop.train(steps=25, workdir=str(tmp_path), checkpoint_every=10, **setup())
+  assert counts["full_batch_step"] == 1 and counts["eval_step"] == 1, counts
+  with count_compiles() as counts:  # resumed from the checkpoint at step 20: still once
+    loop.train(steps=45, workdir=str(tmp_path), checkpoint_every=10, **setup())
+  assert counts["full_batch_step"] == 1 and counts["eval_step"] == 1, counts
+
+
+def sigterm_at_call(step_fn, n):
+  """``step_fn`` that sends this process SIGTERM during its ``n``-th call."""
+  calls = []
+
+  def wrapped(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == n:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return step_fn(*args, **kwargs)
+
+  return wrapped
+
+
+def test_sigterm_saves_the_step_in_progress_and_resumes_exactly(tmp_path):
+  s = setup()
+  straight = loop.train(steps=40, workdir=str(tmp_path / "a"), checkpoint_every=10, **s)
+  s = setup()
+  step = jax.jit(make_train_step(s["per_example_loss"], s["weighting"], s["optimizer"]),
+                 donate_argnums=0)
+  previous = signal.getsignal(signal.SIGTERM)
+  # SIGTERM during step 17 (mid-interval) and during step 36 (in the last epoch, whose weights
+  # the run keeps for the histograms): each time the step finishes, is saved, and it stops.
+  with pytest.raises(loop.Preempted, match="at step 17 of 40") as err:
+    with loop.Preemption() as p:
+      loop.train(steps=40, workdir=str(tmp_path / "b"), checkpoint_every=10, preemption=p,
+                 train_step=sigterm_at_call(step, 17), **s)
+  assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+  assert err.value.step == 17
+  ckpts = sorted(int(d) for d in os.listdir(tmp_path / "b" / "checkpoints") if d.isdigit())
+  assert ckpts == [10, 17]
+  with pytest.raises(loop.Preempted, match="at step 36 of 40"):
+    with loop.Preemption() as p:
+      loop.train(steps=40, workdir=str(tmp_path / "b"), checkpoint_every=10, preemption=p,
+                 train_step=sigterm_at_call(step, 36 - 17), **s)
+  with loop.Preemption() as p:
+    resumed = loop.train(steps=40, workdir=str(tmp_path / "b"), checkpoint_every=10,
+                         preemption=p, **s)
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed.history == straight.history  # train loss sums carried across the stops
+  assert sorted(resumed.final_weights) == sorted(straight.final_weights)
+  for k, v in straight.final_weights.items():
+    np.testing.assert_array_equal(resumed.final_weights[k], v)
+    assert resumed.final_weights[k].dtype == v.dtype
+
+
+def test_preemption_on_the_last_step_then_nothing_left_to_run(tmp_path):
+  s = setup()
+  straight = loop.train(steps=20, **s)
+  s = setup()
+  step = jax.jit(make_train_step(s["per_example_loss"], s["weighting"], s["optimizer"]),
+                 donate_argnums=0)
+  with pytest.raises(loop.Preempted, match="at step 20 of 20"):
+    with loop.Preemption() as p:
+      loop.train(steps=20, workdir=str(tmp_path), preemption=p,
+                 train_step=sigterm_at_call(step, 20), **s)
+  done = loop.train(steps=20, workdir=str(tmp_path), **s)  # restores, no step to take
+  assert done.history == straight.history
+  for k, v in straight.final_weights.items():
+    np.testing.assert_array_equal(done.final_weights[k], v)
+
+
+DISTRIBUTED_SCRIPT = """
+import os, signal, socket, sys, time
+import jax
+s = socket.socket(); s.bind(("localhost", 0)); port = s.getsockname()[1]; s.close()
+jax.distributed.initialize(f"localhost:{port}", num_processes=1, process_id=0)
+sys.path.insert(0, os.path.join(ROOT, "tests", "train"))
+from test_loop import setup, sigterm_at_call
+from reweight.train import loop
+from reweight.train.step import make_train_step
+
+s = setup()
+step = jax.jit(make_train_step(s["per_example_loss"], s["weighting"], s["optimizer"]))
+calls = []
+def slow(*args, **kwargs):  # JAX's notice takes a while (about 1 s) to become a sync point
+  calls.append(1)
+  if len(calls) > 5:
+    time.sleep(0.1)
+  return step(*args, **kwargs)
+with loop.Preemption() as p:
+  assert p._mode == "jax"
+  try:
+    loop.train(steps=STEPS, workdir=WORKDIR, preemption=p, train_step=sigterm_at_call(slow, 5),
+               **s)
+  except loop.Preempted as e:
+    print("STOPPED", e.step, os.path.isdir(os.path.join(WORKDIR, "checkpoints", str(e.step))))
+jax.distributed.shutdown()
+"""
+
+
+def test_sigterm_through_jax_preemption_service(tmp_path):
+  """With `jax.distributed` (one process here), JAX's service catches SIGTERM and names the
+  step through `reached_preemption_sync_point`, the path multi-process runs take."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  script = f"ROOT = {root!r}\nWORKDIR = {str(tmp_path)!r}\nSTEPS = 60\n" + DISTRIBUTED_SCRIPT
+  proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  m = re.search(r"STOPPED (\d+) True", proc.stdout)  # a checkpoint at the step it stopped
+  assert m, proc.stdout + proc.stderr[-3000:]
+  assert 5 <= int(m.group(1)) < 60  # resuming from it is the same in every mode (above)
