@@ -38,14 +38,16 @@ at ``L = 73``), so training from scratch barely moves; use it to fine-tune a mod
 already confident.
 
 These are batch-level losses (not per example): the counts are sums over the global batch.
-Inside `shard_map` / `pmap` with ``axis_name`` they are ``psum``-ed, and the function
-returns *this device's share* of the loss, the convention of `reweight.weighted`: the value
-is ``loss / num_devices`` and its gradient is the gradient of the global loss through this
-device's examples, so ``psum`` of the values is the global loss and ``psum`` of the gradients
-its gradient. Without ``axis_name`` (one device, or `jax.jit` over a sharded batch) the
-value is the global loss. With no positives (or no negatives) in a binary batch the balanced
-accuracy is 0 and the loss is 1 with zero gradient, as in the authors' code; use batches
-that contain both classes.
+Inside `shard_map` / `pmap` with ``axis_name`` (or inside a `reweight.weighted` that has
+one) they are ``psum``-ed and the value is the global loss on every device, the convention
+of `reweight.weighted` (`reweight.parallel`): inside `jax.shard_map` with its default
+``check_vma=True`` the loss is typed replicated and JAX's AD sums the gradient of
+replicated parameters over the devices, so write no ``psum``; under `jax.pmap` (or
+``check_vma=False``) its gradient is the gradient of the global loss through this device's
+examples, so ``psum`` the gradients over ``axis_name``. Without ``axis_name`` (one device,
+or `jax.jit` over a sharded batch) the code is global-view. With no positives (or no
+negatives) in a binary batch the balanced accuracy is 0 and the loss is 1 with zero
+gradient, as in the authors' code; use batches that contain both classes.
 
 References:
   Han, Moniz, Bhattacharya and Ferrao, "AnyLoss: Transforming Classification Metrics into
@@ -60,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reweight import parallel
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -95,21 +98,9 @@ def amplify(probs: Array, amplifier: float = AMPLIFIER) -> Array:
   return jax.nn.sigmoid(amplifier * (jnp.asarray(probs) - 0.5))
 
 
-def _global_sum(x: Array, axis_name: AxisName) -> Array:
-  """Sum over the batch axis; with ``axis_name`` the global value, gradient to local rows."""
-  local = jnp.sum(x, axis=0)
-  if axis_name is None:
-    return local
-  stopped = jax.lax.stop_gradient(local)
-  return jax.lax.psum(stopped, axis_name) + (local - stopped)
-
-
-def _share(loss: Array, axis_name: AxisName) -> Array:
-  """``loss / num_devices`` in value, the unscaled gradient (see the module docstring)."""
-  if axis_name is None:
-    return loss
-  n = jax.lax.psum(1, axis_name)
-  return loss + jax.lax.stop_gradient(loss / n - loss)
+def _global_sum(x: Array, axis_name: AxisName, typed: bool) -> Array:
+  """Sum over the batch axis: the global value (see `reweight.parallel.global_sum`)."""
+  return parallel.global_sum(jnp.sum(x, axis=0), axis_name, typed)
 
 
 MULTICLASS = ("sigmoid", "softmax")
@@ -165,7 +156,7 @@ def soft_confusion(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER
     mask: optional ``[B]`` booleans; masked rows and rows with non-finite logits are not
       counted.
     axis_name: inside `shard_map` / `pmap`, the counts are summed over these axes (global
-      values; gradients flow to this device's rows).
+      values; see the module docstring for their gradients).
 
   Returns:
     A `SoftConfusion` of scalars (binary) or ``[C]`` arrays (multi-class).
@@ -180,6 +171,8 @@ def soft_confusion(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER
   if multiclass not in MULTICLASS:
     raise ValueError(f"multiclass={multiclass!r} is not one of {sorted(MULTICLASS)}")
   logits, labels, valid = _prepare(logits, labels, mask)
+  axis_name = parallel.resolve_axis_name(axis_name)
+  typed = parallel.is_typed(logits, axis_name)
   v = valid.astype(jnp.float32)
   if logits.ndim == 1:
     a = amplify(jax.nn.sigmoid(logits), amplifier)
@@ -190,12 +183,12 @@ def soft_confusion(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER
     a = amplify(probs, amplifier)
     y = jax.nn.one_hot(labels, logits.shape[1], dtype=jnp.float32)
     v = v[:, None]
-  tp = _global_sum(v * y * a, axis_name)
-  fp = _global_sum(v * (1.0 - y) * a, axis_name)
-  fn = _global_sum(v * y * (1.0 - a), axis_name)
-  tn = _global_sum(v * (1.0 - y) * (1.0 - a), axis_name)
-  positives = _global_sum(v * y, axis_name)
-  negatives = _global_sum(v * (1.0 - y), axis_name)
+  tp = _global_sum(v * y * a, axis_name, typed)
+  fp = _global_sum(v * (1.0 - y) * a, axis_name, typed)
+  fn = _global_sum(v * y * (1.0 - a), axis_name, typed)
+  tn = _global_sum(v * (1.0 - y) * (1.0 - a), axis_name, typed)
+  positives = _global_sum(v * y, axis_name, typed)
+  negatives = _global_sum(v * (1.0 - y), axis_name, typed)
   return SoftConfusion(tp, fp, fn, tn, positives, negatives)
 
 
@@ -227,7 +220,7 @@ def f_beta_loss(logits: Array, labels: Array, beta: float = 1.0, *,
     axis_name: inside `shard_map` / `pmap`, the batch axis name(s).
 
   Returns:
-    A scalar loss in [0, 1] (this device's share under ``axis_name``).
+    A scalar loss in [0, 1] (the global batch's, on every device, under ``axis_name``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -249,7 +242,7 @@ def f_beta_loss(logits: Array, labels: Array, beta: float = 1.0, *,
   f = (1.0 + b2) * c.tp / (b2 * c.positives + (c.tp + c.fp) + SMOOTHING)
   if f.ndim:
     f = _macro(f, c.positives > 0)
-  return _share(1.0 - f, axis_name)
+  return 1.0 - f
 
 
 def balanced_accuracy_loss(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER,
@@ -276,7 +269,7 @@ def balanced_accuracy_loss(logits: Array, labels: Array, *, amplifier: float = A
     axis_name: inside `shard_map` / `pmap`, the batch axis name(s).
 
   Returns:
-    A scalar loss in [0, 1] (this device's share under ``axis_name``).
+    A scalar loss in [0, 1] (the global batch's, on every device, under ``axis_name``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -297,4 +290,4 @@ def balanced_accuracy_loss(logits: Array, labels: Array, *, amplifier: float = A
   else:
     n_pos, n_neg = c.positives, c.negatives
     ba = (n_neg * c.tp + n_pos * c.tn) / (2.0 * n_pos * n_neg + SMOOTHING)
-  return _share(1.0 - ba, axis_name)
+  return 1.0 - ba

@@ -400,12 +400,29 @@ def weighting_inputs(batch: Any, aux: Mapping, params: PyTree, step, kwargs: Map
 def weighted_mean(losses: Array, weights: Array, valid: Array, axis_name: AxisName = None):
   """``sum(w * l) / n_valid`` over the global batch, safe for non-finite invalid losses.
 
-  Inside `shard_map` the numerator is the local sum and the denominator the global count,
-  so ``psum`` of the per-device values (or of their gradients) gives the global loss.
+  With ``axis_name`` (inside `shard_map` / `pmap`) the value is the global loss on every
+  device. Inside `jax.shard_map` with its default ``check_vma=True`` it is typed invariant
+  and JAX's AD sums the gradients of replicated parameters over the devices; under
+  `jax.pmap` or ``check_vma=False`` its gradient is this device's share of the global
+  gradient, to be ``psum``-ed over ``axis_name`` (`reweight.parallel.global_sum`).
   """
+  axis_name = parallel.resolve_axis_name(axis_name)
   n = parallel.batch_sum(valid.astype(jnp.float32), axis_name)
   contrib = jnp.where(valid, weights * jnp.where(valid, losses, 0.0), 0.0)
-  return jnp.sum(contrib) / jnp.maximum(n, 1.0)
+  total = parallel.global_sum(jnp.sum(contrib), axis_name, parallel.is_typed(losses, axis_name))
+  return total / jnp.maximum(n, 1.0)
+
+
+def _check_batch_axes(losses: Array, axis_name: AxisName) -> None:
+  parallel.is_typed(losses, axis_name)  # raises if the batch is replicated over some axes
+  varying = parallel.varying_axes(losses)
+  if axis_name is None and varying:
+    axes = sorted(varying)
+    raise ValueError(
+        f"the per-example losses vary over the mesh axes {axes} (inside jax.shard_map): pass "
+        f"axis_name={axes[0] if len(axes) == 1 else tuple(axes)!r} (the axes the batch is "
+        "sharded over) to reweight.weighted, so that the weights and the loss are those of "
+        "the global batch")
 
 
 def weighted(per_example_loss_fn: Callable, weighting: Weighting,
@@ -429,16 +446,48 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
   from outside). Keywords are also forwarded to
   ``per_example_loss_fn`` when its signature names them (or takes ``**kwargs``).
 
+  **Data parallelism.** Under `jax.jit` with the batch sharded over a `Mesh` pass no
+  ``axis_name``: the code is global-view. Inside `jax.shard_map` with its default
+  ``check_vma=True`` (replicated ``params`` and state, batch on ``P("data")``) use
+  ``axis_name="data"``: the loss, the ``info`` scalars and the new state are global and
+  replicated (``out_specs=P()``), and ``jax.grad`` of the loss w.r.t. replicated
+  parameters is the global gradient on every device, since JAX's AD sums it over the
+  devices; write no ``psum`` (it would multiply the gradient by the number of devices).
+  ``jax.pmap`` (and ``shard_map(check_vma=False)``) does not track replication: there the
+  loss is still the global value, but its gradient is this device's share, so ``psum`` the
+  gradients (not the loss) over ``axis_name``:
+
+  .. code-block:: python
+
+    fn = reweight.weighted(per_example_loss, weighting, axis_name="data")
+
+    def step(params, batch, state):  # jax.shard_map(step, mesh=mesh, out_specs=P(),
+      # in_specs=(P(), P("data"), P())): loss, gradient and state are global, no psum
+      (loss, (state, info)), grads = jax.value_and_grad(fn, has_aux=True)(params, batch,
+                                                                           state)
+      return loss, grads, state
+
+    def pmap_step(params, batch, state):  # jax.pmap(pmap_step, axis_name="data")
+      (loss, (state, info)), grads = jax.value_and_grad(fn, has_aux=True)(params, batch,
+                                                                           state)
+      return loss, jax.lax.psum(grads, "data"), state  # psum the gradients only
+
   Args:
     per_example_loss_fn: ``f(params, batch, **kw) -> losses[B] | (losses[B], aux_dict)``.
     weighting: a `Weighting`.
-    axis_name: inside `shard_map`/`pmap`, the batch axis name(s); the returned loss is then
-      this device's share (``psum`` it, or its gradient, over ``axis_name``).
+    axis_name: inside `shard_map`/`pmap`, the batch axis name(s). The weighting inherits
+      it when built without ``axis_name``; a weighting built with another axis name is an
+      error (`reweight.parallel.resolve_axis_name`). The loss is then the global batch's on
+      every device (see above).
 
   Returns:
     ``loss_fn(params, batch, weighting_state, *, step=None, **kw) -> (loss, (new_state,
     info))`` where ``info`` holds ``weights``, ``losses``, ``loss`` (unweighted mean) and the
     `diagnostics`.
+
+  Raises:
+    ValueError: (when the loss is traced) inside `jax.shard_map` without ``axis_name``
+      while the losses vary over a mesh axis, or with a weighting built for another axis.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, reweight
@@ -454,8 +503,14 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
   accepted = _accepted_kwargs(per_example_loss_fn)
 
   def loss_fn(params, batch, weighting_state, *, step=None, **kwargs):
+    axis = parallel.resolve_axis_name(axis_name)
+    with parallel.batch_axis(axis):
+      return _loss(axis, params, batch, weighting_state, step, kwargs)
+
+  def _loss(axis_name, params, batch, weighting_state, step, kwargs):
     fn_kwargs = kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
     losses, aux = split_loss_output(per_example_loss_fn(params, batch, **fn_kwargs))
+    _check_batch_axes(losses, axis_name)
 
     def losses_only(p, b):
       return split_loss_output(per_example_loss_fn(p, b, **fn_kwargs))[0]

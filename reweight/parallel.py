@@ -6,16 +6,53 @@
 with ``axis_name="data"`` reduces across devices with `lax.psum` / `lax.pmax`. Means are
 always ``psum(numerator) / psum(denominator)``, never a mean of per-device means.
 
+**The shard_map convention.** `jax.shard_map` with its default ``check_vma=True`` types
+every value as varying over a mesh axis or invariant (replicated) across it. Inside
+``reweight.weighted(f, w, axis_name="data")`` the loss is the global batch's, typed
+invariant, and JAX's AD already sums the gradient of replicated (``P()``) parameters over
+the devices (the transpose of an implicit `lax.pcast` to varying is a ``psum``), so the
+gradient on every device is the global one: write no ``psum`` yourself (one would multiply
+the gradient by the number of devices). `jax.pmap` (and ``shard_map(check_vma=False)``) has
+no such typing: there the loss is still the global value, but its gradient is this device's
+share, and the training step must ``psum`` the gradients over the axis (`is_typed` tells
+the two apart from a per-example value).
+
+**Inherited axis names.** While `reweight.weighted` (or a loss helper given
+``axis_name``) runs, `batch_axis` makes its ``axis_name`` the default of every reduction
+here: a weighting built without ``axis_name`` uses the one of `weighted`, and one built with
+a *different* axis name raises `ValueError` (`resolve_axis_name`).
+
 Examples:
   >>> import jax, jax.numpy as jnp
   >>> from reweight import parallel
   >>> parallel.batch_mean(jnp.array([1.0, 2.0, 9.0]), where=jnp.array([True, True, False]))
   Array(1.5, dtype=float32)
+
+  The data-parallel step inside `jax.shard_map` (any number of devices): no ``psum``.
+
+  >>> import reweight
+  >>> from jax.sharding import PartitionSpec as P
+  >>> weighting = reweight.sample.loss_based("upper", r=1.0)  # inherits axis_name="data"
+  >>> fn = reweight.weighted(lambda w, b: (b["x"] * w - b["y"]) ** 2, weighting,
+  ...                        axis_name="data")
+  >>> def step(w, batch, state):
+  ...   (loss, (state, _)), grad = jax.value_and_grad(fn, has_aux=True)(w, batch, state)
+  ...   return loss, grad, state
+  >>> sharded = jax.jit(jax.shard_map(step, mesh=parallel.make_mesh(),
+  ...                                 in_specs=(P(), P("data"), P()), out_specs=P()))
+  >>> batch = {"x": jnp.ones(8), "y": jnp.arange(8.0)}
+  >>> loss, grad, _ = sharded(jnp.float32(1.0), batch, weighting.init())
+  >>> ref = jax.grad(lambda w: reweight.weighted(lambda w, b: (b["x"] * w - b["y"]) ** 2,
+  ...     weighting)(w, batch, weighting.init())[0])(jnp.float32(1.0))
+  >>> bool(jnp.allclose(grad, ref))
+  True
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +63,155 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AxisName = str | tuple[str, ...] | None
+
+_UNSET = object()
+_BATCH_AXIS: contextvars.ContextVar = contextvars.ContextVar("reweight_batch_axis",
+                                                            default=_UNSET)
+
+
+def axis_tuple(axis_name: AxisName) -> tuple[str, ...]:
+  """``axis_name`` as a tuple of axis names (``()`` for None)."""
+  if axis_name is None:
+    return ()
+  return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+
+
+@contextlib.contextmanager
+def batch_axis(axis_name: AxisName) -> Iterator[None]:
+  """Sets the batch axis name(s) that `resolve_axis_name` gives the code traced inside.
+
+  `reweight.weighted` wraps its loss in it, so that a weighting built without
+  ``axis_name`` reduces over the axis given to `weighted`.
+
+  Examples:
+    >>> from reweight import parallel
+    >>> with parallel.batch_axis("data"):
+    ...   parallel.resolve_axis_name(None)
+    'data'
+    >>> parallel.resolve_axis_name(None) is None
+    True
+  """
+  token = _BATCH_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BATCH_AXIS.reset(token)
+
+
+def resolve_axis_name(axis_name: AxisName) -> AxisName:
+  """The batch axis name(s) a reduction uses: its own, or that of the enclosing `batch_axis`.
+
+  Outside `batch_axis` this is ``axis_name``. Inside, None means the enclosing axis name,
+  and an axis name that differs from it is an error (a weighting built for another axis than
+  the loss that uses it would normalize over a different set of examples than the loss).
+
+  Raises:
+    ValueError: if ``axis_name`` is given and differs from the enclosing one.
+
+  Examples:
+    >>> from reweight import parallel
+    >>> with parallel.batch_axis("data"):  # doctest: +ELLIPSIS
+    ...   parallel.resolve_axis_name("model")
+    Traceback (most recent call last):
+    ...
+    ValueError: axis_name='model' does not match the batch axis 'data' of the enclosing ...
+  """
+  enclosing = _BATCH_AXIS.get()
+  if enclosing is _UNSET:
+    return axis_name
+  if axis_name is None:
+    return enclosing
+  if axis_tuple(axis_name) != axis_tuple(enclosing):
+    raise ValueError(
+        f"axis_name={axis_name!r} does not match the batch axis {enclosing!r} of the enclosing "
+        "reweight.weighted (or batch-level loss): build the weighting without axis_name (it "
+        f"then uses {enclosing!r}) or with the same axis_name")
+  return axis_name
+
+
+def varying_axes(x: Any) -> frozenset[str]:
+  """The mesh axes over which ``x`` is typed as varying (JAX's "vma").
+
+  Non-empty only inside `jax.shard_map` with ``check_vma=True`` (its default): a value
+  computed from a batch sharded on ``"data"`` varies over ``"data"``, a replicated one (or a
+  ``psum``) is invariant. Under `jax.jit`, `jax.pmap` or ``check_vma=False`` it is empty.
+  """
+  aval = jax.typeof(x)
+  vma = getattr(aval, "vma", None)
+  if vma is None:  # jax >= 0.10 keeps it on the aval's manual axis type
+    vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+  return frozenset(vma or ())
+
+
+def is_typed(per_example: Any, axis_name: AxisName) -> bool:
+  """Whether a per-example value is typed as varying over every axis of ``axis_name``.
+
+  True inside `jax.shard_map` with ``check_vma=True`` and the batch sharded over
+  ``axis_name``: JAX then tracks replication and sums the gradients of replicated inputs
+  itself. False for ``axis_name=None``, under `jax.jit`, `jax.pmap` and
+  ``shard_map(check_vma=False)``, where the ``psum`` of gradients is the caller's.
+
+  Raises:
+    ValueError: if ``per_example`` varies over some but not all of ``axis_name``'s axes
+      (the batch is not sharded over the axes the reductions are over).
+  """
+  axes = set(axis_tuple(axis_name))
+  if not axes:
+    return False
+  varying = varying_axes(per_example)
+  if not axes & varying:
+    return False
+  if not axes <= varying:
+    raise ValueError(
+        f"the per-example values vary over the mesh axes {sorted(varying)} but axis_name="
+        f"{axis_name!r} also names {sorted(axes - varying)}, over which they are replicated: "
+        "axis_name must name the axes the batch is sharded over")
+  return True
+
+
+def global_sum(local: Any, axis_name: AxisName, typed: bool) -> Any:
+  """The sum over devices of per-device partial sums, with the convention's gradient.
+
+  The value is the global sum on every device. With ``typed`` (see `is_typed`) it is a plain
+  ``psum``, typed invariant, whose transpose JAX's AD handles (the gradient of replicated
+  inputs comes out summed over devices). Without typing (`jax.pmap`, ``check_vma=False``)
+  the gradient flows to this device's ``local`` only: ``psum(sg(local)) + local - sg(local)``,
+  so that a ``psum`` of the gradients over the devices is the global gradient (a plain
+  ``psum`` there would be differentiated into a ``psum`` and multiply it by the device
+  count). ``axis_name=None`` returns ``local``.
+  """
+  axis_name = resolve_axis_name(axis_name)
+  if axis_name is None:
+    return local
+  if typed:
+    return jax.tree.map(lambda x: lax.psum(x, axis_name), local)
+
+  def one(x):
+    stopped = lax.stop_gradient(x)
+    return lax.psum(stopped, axis_name) + (x - stopped)
+
+  return jax.tree.map(one, local)
+
+
+def psum_partials(tree: Any, axis_name: AxisName, typed: bool) -> Any:
+  """Sums per-device partial results (e.g. gradients of this device's examples) over devices.
+
+  With ``typed`` (see `is_typed`) a leaf typed as invariant is already the global sum
+  (JAX's AD summed the gradient of a replicated input) and is returned as is; a leaf typed
+  as varying is ``psum``-ed. Without typing every leaf is a per-device partial and is
+  ``psum``-ed. ``axis_name=None`` returns ``tree``.
+  """
+  axis_name = resolve_axis_name(axis_name)
+  if axis_name is None:
+    return tree
+  axes = set(axis_tuple(axis_name))
+
+  def one(x):
+    if typed and not axes & varying_axes(x):
+      return x
+    return lax.psum(x, axis_name)
+
+  return jax.tree.map(one, tree)
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = "data",
@@ -88,6 +274,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def batch_sum(x: jax.Array, axis_name: AxisName = None, where: jax.Array | None = None):
   """Sum over the whole (global) batch: local ``sum``, then ``psum`` over ``axis_name``."""
+  axis_name = resolve_axis_name(axis_name)
   s = jnp.sum(x, where=where)
   return lax.psum(s, axis_name) if axis_name is not None else s
 
@@ -95,6 +282,7 @@ def batch_sum(x: jax.Array, axis_name: AxisName = None, where: jax.Array | None 
 def batch_max(x: jax.Array, axis_name: AxisName = None, where: jax.Array | None = None,
               initial: float = -jnp.inf):
   """Max over the whole batch (``initial`` where nothing is selected)."""
+  axis_name = resolve_axis_name(axis_name)
   m = jnp.max(x, where=where, initial=initial)
   return lax.pmax(m, axis_name) if axis_name is not None else m
 
@@ -102,6 +290,7 @@ def batch_max(x: jax.Array, axis_name: AxisName = None, where: jax.Array | None 
 def batch_min(x: jax.Array, axis_name: AxisName = None, where: jax.Array | None = None,
               initial: float = jnp.inf):
   """Min over the whole batch (``initial`` where nothing is selected)."""
+  axis_name = resolve_axis_name(axis_name)
   m = jnp.min(x, where=where, initial=initial)
   return lax.pmin(m, axis_name) if axis_name is not None else m
 
@@ -121,5 +310,6 @@ def batch_mean(x: jax.Array, axis_name: AxisName = None, where: jax.Array | None
 def segment_sum(x: jax.Array, segment_ids: jax.Array, num_segments: int,
                 axis_name: AxisName = None):
   """Per-group sums over the global batch (``psum`` of local segment sums)."""
+  axis_name = resolve_axis_name(axis_name)
   s = jax.ops.segment_sum(x, segment_ids, num_segments=num_segments)
   return lax.psum(s, axis_name) if axis_name is not None else s

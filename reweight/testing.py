@@ -5,7 +5,8 @@
 * ``single``: `jax.jit` on one device;
 * ``jit_sharded``: `jax.jit` over a `Mesh` of all devices with the batch sharded on
   ``"data"`` (global-view code, weighting built without an axis name);
-* ``shard_map``: the weighting built with ``axis_name="data"`` inside `jax.shard_map`;
+* ``shard_map``: the weighting built with ``axis_name="data"`` inside `jax.shard_map` with
+  JAX's default ``check_vma=True`` (so the state must come out typed replicated);
 * ``pmap``: the same inside `jax.pmap` (skipped where jax no longer has it).
 
 and returns every layout's weights (per step) and final state, so a test can compare them.
@@ -123,7 +124,7 @@ def layouts(make_weighting: Callable[..., Any], losses, *, mask=None,
     fn = jax.shard_map(
         local, mesh=mesh,
         in_specs=(P("data"), P("data"), P("data"), P(), P()),
-        out_specs=(P(None, "data"), P()), check_vma=False)
+        out_specs=(P(None, "data"), P()))
     out["shard_map"] = pack(*jax.jit(fn)(losses, mask, per_example, replicated, state0))
 
   if "pmap" in modes and hasattr(jax, "pmap"):
@@ -148,8 +149,11 @@ def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Ca
                      modes: Sequence[str] = MODES, key=None) -> dict[str, dict[str, np.ndarray]]:
   """Loss and gradient of `reweight.weighted` in several layouts (one step).
 
-  In ``shard_map`` / ``pmap`` the per-device loss and gradients are ``psum``-ed, which is
-  how a data-parallel training step combines them.
+  The layouts are those of `layouts`, with replicated ``params`` and the batch sharded on
+  ``"data"``, and each is the data-parallel training step of the `reweight.weighted`
+  convention: ``shard_map`` (``check_vma=True``) returns the loss and the gradient as they
+  are (``out_specs=P()``: JAX's AD has summed the gradient over the devices), ``pmap``
+  ``psum``-s the gradient only (the loss is already the global one).
   """
   from reweight.base import weighted
 
@@ -171,7 +175,11 @@ def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Ca
     fn = weighted(per_example_loss_fn, make_weighting(axis_name="data"), axis_name="data")
     (loss, (_, info)), g = jax.value_and_grad(fn, has_aux=True)(params, batch, state,
                                                                 step=jnp.asarray(0), **kw)
-    return jax.lax.psum(loss, "data"), jax.lax.psum(g, "data"), info["weights"]
+    return loss, g, info["weights"]
+
+  def pmap_step(params, batch, kw, state):
+    loss, g, weights = local_step(params, batch, kw, state)
+    return loss, jax.lax.psum(g, "data"), weights
 
   state0 = make_weighting(axis_name=None).init(key)
   if "single" in modes:
@@ -185,12 +193,12 @@ def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Ca
   if "shard_map" in modes:
     mesh = parallel.make_mesh()
     fn = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P("data"), P(), P()),
-                       out_specs=(P(), P(), P("data")), check_vma=False)
+                       out_specs=(P(), P(), P("data")))
     out["shard_map"] = pack(*jax.jit(fn)(params, batch, replicated_kwargs, state0))
   if "pmap" in modes and hasattr(jax, "pmap"):
     n = len(jax.devices())
     split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
-    fn = jax.pmap(lambda b: local_step(params, b, replicated_kwargs, state0), axis_name="data")
+    fn = jax.pmap(lambda b: pmap_step(params, b, replicated_kwargs, state0), axis_name="data")
     loss, g, w = fn(jax.tree.map(split, batch))
     out["pmap"] = pack(loss[0], jax.tree.map(lambda x: x[0], g), w.reshape(-1))
   return out
@@ -201,9 +209,11 @@ def loss_layouts(make_loss: Callable[..., Callable], params, batch: Mapping[str,
   """Value, gradient and per-example output of a batch-level loss in several layouts.
 
   For losses that are not a `Weighting` (AnyLoss, EnsLoss, ...):
-  ``make_loss(axis_name) -> f(params, batch) -> (this device's share of the loss,
-  per-example output [B])``. In ``shard_map`` / ``pmap`` the shares and gradients are
-  ``psum``-ed.
+  ``make_loss(axis_name) -> f(params, batch) -> (loss, per_example output [B])``, where the
+  loss follows the convention of `reweight.weighted`: with ``axis_name`` it is the global
+  batch's on every device, typed replicated inside `jax.shard_map` (which runs with the
+  default ``check_vma=True`` and returns loss and gradient as they are), and with this
+  device's share of the gradient under ``pmap`` (whose gradients are ``psum``-ed).
   """
 
   def global_fn(p, b):
@@ -212,7 +222,11 @@ def loss_layouts(make_loss: Callable[..., Callable], params, batch: Mapping[str,
 
   def local_fn(p, b):
     (loss, per_example), g = jax.value_and_grad(make_loss("data"), has_aux=True)(p, b)
-    return jax.lax.psum(loss, "data"), jax.lax.psum(g, "data"), per_example
+    return loss, g, per_example
+
+  def pmap_fn(p, b):
+    loss, g, per_example = local_fn(p, b)
+    return loss, jax.lax.psum(g, "data"), per_example
 
   def pack(loss, grads, per_example):
     res = {"loss": np.asarray(loss), "per_example": np.asarray(per_example)}
@@ -230,12 +244,12 @@ def loss_layouts(make_loss: Callable[..., Callable], params, batch: Mapping[str,
   if "shard_map" in modes:
     mesh = parallel.make_mesh()
     fn = jax.shard_map(local_fn, mesh=mesh, in_specs=(P(), P("data")),
-                       out_specs=(P(), P(), P("data")), check_vma=False)
+                       out_specs=(P(), P(), P("data")))
     out["shard_map"] = pack(*jax.jit(fn)(params, batch))
   if "pmap" in modes and hasattr(jax, "pmap"):
     n = len(jax.devices())
     split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
-    loss, g, pe = jax.pmap(lambda b: local_fn(params, b), axis_name="data")(
+    loss, g, pe = jax.pmap(lambda b: pmap_fn(params, b), axis_name="data")(
         jax.tree.map(split, batch))
     out["pmap"] = pack(loss[0], jax.tree.map(lambda x: x[0], g),
                        pe.reshape((-1,) + pe.shape[2:]))

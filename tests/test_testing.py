@@ -29,12 +29,21 @@ def make_loss(axis_name):  # a mean: right only with psum-ed numerator AND denom
     total = jnp.sum(per_example)
     count = jnp.float32(per_example.shape[0])
     if axis_name is not None:
+      typed = reweight.parallel.is_typed(per_example, axis_name)
+      total = reweight.parallel.global_sum(total, axis_name, typed)
       count = jax.lax.psum(count, axis_name)
     return total / count, per_example
   return loss
 
-def make_bad_loss(axis_name):  # mean of per-device means, scaled: wrong gradient share
-  return lambda p, b: (jnp.mean((b["x"] * p) ** 2), (b["x"] * p) ** 2)
+def make_bad_loss(axis_name):  # psum-ed numerator over the LOCAL count: 8 times too large
+  def loss(p, b):
+    per_example = (b["x"] * p) ** 2
+    total = jnp.sum(per_example)
+    if axis_name is not None:
+      typed = reweight.parallel.is_typed(per_example, axis_name)
+      total = reweight.parallel.global_sum(total, axis_name, typed)
+    return total / per_example.shape[0], per_example
+  return loss
 
 batch = {"x": np.linspace(-1, 1, 32).astype(np.float32)}
 print(json.dumps({"bad": testing.differences(bad), "good": testing.differences(good),
@@ -52,6 +61,7 @@ def test_harness_catches_local_normalization():
   assert max(res["good"].values()) <= 1e-6
   assert max(res["loss_good"].values()) <= 1e-6
   assert res["loss_bad"]["jit_sharded"] <= 1e-6 and res["loss_bad"]["shard_map"] > 0.1
+  assert res["loss_bad"]["pmap"] > 0.1
 
 
 def test_max_difference_and_errors():

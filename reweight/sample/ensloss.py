@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reweight import parallel
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -95,6 +96,7 @@ def _derivatives(margins, key, mask, axis_name, superlinear_tail, box_cox_lambda
       raise ValueError(f"mask has shape {mask.shape} but margins have shape {margins.shape}")
     valid = valid & mask.astype(bool)
   local_size = z.shape[0]
+  axis_name = parallel.resolve_axis_name(axis_name)
   if axis_name is not None:
     z_all = jax.lax.all_gather(z, axis_name, tiled=True)
     valid_all = jax.lax.all_gather(valid, axis_name, tiled=True)

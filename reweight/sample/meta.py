@@ -31,11 +31,13 @@ losses[B]``), ``batch`` and (for `l2rw`, `meta_weight_net`) ``meta_batch``;
 as a keyword to the loss: ``loss_fn(params, batch, state, meta_batch=meta_batch)``.
 `self_taught` also needs ``logits`` (``[B, C]``, an entry of the per-example function's aux).
 
-**Parallelism.** Inside `shard_map`/`pmap` (``axis_name`` set) ``batch`` is this device's
-shard and ``params`` / ``meta_batch`` are replicated. Gradients of sums over the batch are
-``psum``-ed (their local parts are computed without collectives inside any differentiated
-function), so every device computes the same lookahead, the same meta gradient and the same
-weight-net update, and the weights equal the single-device ones.
+**Parallelism.** Inside `shard_map`/`pmap` (``axis_name`` set, or inherited from
+`reweight.weighted`) ``batch`` is this device's shard and ``params`` / ``meta_batch`` are
+replicated. Gradients of sums over the batch are summed over the devices: by JAX's AD
+inside `shard_map` with its default ``check_vma=True`` (gradients of replicated inputs),
+by a ``psum`` under `pmap` (`reweight.parallel.psum_partials`). So every device computes
+the same lookahead, the same meta gradient and the same weight-net update (the state stays
+replicated), and the weights equal the single-device ones.
 
 References:
   Ren, Zeng, Yang, Urtasun, "Learning to Reweight Examples for Robust Deep Learning",
@@ -121,8 +123,9 @@ def _losses_only(loss_fn: Callable) -> Callable:
   return lambda p, b: split_loss_output(loss_fn(p, b))[0]
 
 
-def _psum(tree, axis_name: AxisName):
-  return tree if axis_name is None else lax.psum(tree, axis_name)
+def _psum(tree, axis_name: AxisName, typed: bool):
+  """Sums per-device partial gradients (already summed by AD where typed invariant)."""
+  return parallel.psum_partials(tree, axis_name, typed)
 
 
 def _step_params(params, direction, scale):
@@ -167,7 +170,8 @@ def weight_net_apply(net: dict[str, Array], features: Array) -> Array:
 
 
 def _meta_net_gradient(net, features, valid, alpha, params, fn, batch, meta_grad: Callable,
-                       meta_loss: Callable | None, method: str, axis_name: AxisName):
+                       meta_loss: Callable | None, method: str, axis_name: AxisName,
+                       typed: bool):
   """Gradient w.r.t. the weight net of the meta loss after the V-weighted lookahead step.
 
   ``theta_hat(Theta) = theta - alpha / n * sum_i V(x_i; Theta) grad l_i(theta)`` over the
@@ -189,21 +193,22 @@ def _meta_net_gradient(net, features, valid, alpha, params, fn, batch, meta_grad
     transpose = jax.linear_transpose(tangent, params)
     v, v_vjp = jax.vjp(v_of, net)
     (direction,) = transpose(v.astype(out.dtype))
-    direction = _psum(direction, axis_name)
+    direction = _psum(direction, axis_name, typed)
     theta_hat = _step_params(params, direction, alpha / n)
     g_meta = meta_grad(theta_hat)
     dots = tangent(g_meta)                      # <grad l_i(theta), g_meta>, all i at once
     cot = jnp.where(valid, -alpha / n * dots, 0.0)
     (g_net,) = v_vjp(cot.astype(v.dtype))
-    return _psum(g_net, axis_name)
+    return _psum(g_net, axis_name, typed)
 
-  # Literal: jax.grad through theta_hat(Theta) (a double backward). Under an axis name the
-  # other devices' parts of the lookahead sum enter as constants (their gradients are
-  # theirs to add), and the per-device gradients are psum-ed.
+  # Literal: jax.grad through theta_hat(Theta) (a double backward). Typed (shard_map with
+  # check_vma), JAX's AD sums the lookahead and the gradient over the devices itself.
+  # Untyped (pmap), the other devices' parts of the lookahead sum enter as constants (their
+  # gradients are theirs to add), and the per-device gradients are psum-ed.
   out, vjp = jax.vjp(lambda p: fn(p, batch), params)
   local_dir = lambda th: vjp(v_of(th).astype(out.dtype))[0]
-  if axis_name is not None:
-    total = lax.psum(jax.lax.stop_gradient(local_dir(net)), axis_name)
+  if axis_name is not None and not typed:
+    total = _psum(jax.lax.stop_gradient(local_dir(net)), axis_name, typed)
   else:
     total = None
 
@@ -213,7 +218,7 @@ def _meta_net_gradient(net, features, valid, alpha, params, fn, batch, meta_grad
       d = jax.tree.map(lambda a, t: a + jax.lax.stop_gradient(t - a), d, total)
     return meta_loss(_step_params(params, d, alpha / n))
 
-  return _psum(jax.grad(outer)(net), axis_name)
+  return _psum(jax.grad(outer)(net), axis_name, typed)
 
 
 # --------------------------------------------------------------------------------- L2RW
@@ -400,6 +405,7 @@ def meta_weight_net(hidden: int = 100,
     del extras
     _require("meta_weight_net", params=params, loss_fn=loss_fn, batch=batch,
              meta_batch=meta_batch)
+    axis = parallel.resolve_axis_name(axis_name)
     valid = valid_mask(losses, mask)
     alpha = resolve(inner_lr, current_step(state.count, step), "inner_lr")
     fn = _losses_only(loss_fn)
@@ -407,10 +413,11 @@ def meta_weight_net(hidden: int = 100,
     x = jnp.where(valid, jax.lax.stop_gradient(losses), 0.0)[:, None]
     meta_loss = lambda p: _clean_meta_loss(fn, p, meta_batch)
     g_net = _meta_net_gradient(state.net, x, valid, alpha, params, fn, batch,
-                               jax.grad(meta_loss), meta_loss, method, axis_name)
+                               jax.grad(meta_loss), meta_loss, method, axis,
+                               parallel.is_typed(losses, axis))
     updates, opt_state = optimizer.update(g_net, state.opt_state, state.net)
     net = optax.apply_updates(state.net, updates)
-    weights = normalize(weight_net_apply(net, x), valid, axis_name)
+    weights = normalize(weight_net_apply(net, x), valid, axis)
     return weights, MetaNetState(state.count + 1, net, opt_state)
 
   return Weighting(init, update)
@@ -458,6 +465,7 @@ def top_fraction_mask(scores: Array, valid: Array, fraction: float,
     >>> top_fraction_mask(jnp.array([0.3, 0.9, 0.5, 0.7]), jnp.array([True] * 4), 0.5).tolist()
     [False, True, False, True]
   """
+  axis_name = parallel.resolve_axis_name(axis_name)
   scores = jnp.where(valid, scores.astype(jnp.float32), -jnp.inf)
   local = scores.shape[0]
   if axis_name is not None:
@@ -565,6 +573,8 @@ def self_taught(hidden: int = 100,
     if logits.ndim != 2 or logits.shape[0] != losses.shape[0] or logits.shape[1] < 2:
       raise ValueError(f"self_taught needs logits of shape [batch, classes >= 2] matching "
                        f"losses {losses.shape}; got {logits.shape}")
+    axis = parallel.resolve_axis_name(axis_name)
+    typed = parallel.is_typed(losses, axis)
     valid = valid_mask(losses, mask)
     t = current_step(state.count, step)
     alpha = resolve(inner_lr, t, "inner_lr")
@@ -575,19 +585,18 @@ def self_taught(hidden: int = 100,
 
     score = jnp.where(warm, -jnp.where(valid, losses, 0.0),
                       weight_net_apply(state.net, x))
-    selected = top_fraction_mask(jax.lax.stop_gradient(score), valid, meta_fraction,
-                                 axis_name)
-    n_sel = jnp.maximum(parallel.batch_sum(selected.astype(jnp.float32), axis_name), 1.0)
+    selected = top_fraction_mask(jax.lax.stop_gradient(score), valid, meta_fraction, axis)
+    n_sel = jnp.maximum(parallel.batch_sum(selected.astype(jnp.float32), axis), 1.0)
 
     def meta_grad(theta):  # grad of (1/k) sum_{i in S} l_i(theta) over the global batch
       out, vjp = jax.vjp(lambda p: fn(p, batch), theta)
-      return _psum(vjp((selected / n_sel).astype(out.dtype))[0], axis_name)
+      return _psum(vjp((selected / n_sel).astype(out.dtype))[0], axis, typed)
 
     g_net = _meta_net_gradient(state.net, x, valid, alpha, params, fn, batch, meta_grad,
-                               None, "jvp", axis_name)
+                               None, "jvp", axis, typed)
     updates, opt_state = optimizer.update(g_net, state.opt_state, state.net)
     net = optax.apply_updates(state.net, updates)
-    weights = normalize(weight_net_apply(net, x), valid, axis_name)
+    weights = normalize(weight_net_apply(net, x), valid, axis)
     weights = jnp.where(warm, valid.astype(jnp.float32), weights)
     return jax.lax.stop_gradient(weights), MetaNetState(state.count + 1, net, opt_state)
 

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reweight import parallel
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -47,6 +48,7 @@ def dropout_masks(key: Array, shape: tuple[int, ...], rate: float, *,
     >>> dropout_masks(jax.random.key(0), (3, 4), rate=0.0).all().item()
     True
   """
+  axis_name = parallel.resolve_axis_name(axis_name)
   local = shape[0]
   offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local
   index = jnp.arange(local, dtype=jnp.uint32) + jnp.asarray(offset, jnp.uint32)

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reweight import parallel
 from reweight.base import Weighting, valid_mask
 from reweight.losses import softmax_cross_entropy
 from reweight.parallel import AxisName
@@ -208,6 +209,7 @@ def update_memory(memory: SAFMemory, example_ids: Array, logits: Array, *, epoch
       raise ValueError(f"mask has shape {mask.shape} but example_ids have shape {ids.shape}")
     keep = keep & mask.astype(bool)
   logits = jax.lax.stop_gradient(logits).astype(memory.logits.dtype)
+  axis_name = parallel.resolve_axis_name(axis_name)
   if axis_name is not None:
     ids = _replicated_gather(ids, axis_name)
     logits = _replicated_gather(logits, axis_name)
