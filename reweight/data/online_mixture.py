@@ -5,7 +5,7 @@ A sampling-side group method (`reweight.group.MixturePolicy`, or the ``probs`` o
 `online_mixture_sampler` turns it into batches. The count rule is the one of
 `reweight.data.samplers.mixture_sampler` (exact expected counts), with the proportions
 read from a small checkpointable state instead of a fixed schedule. Random numbers of step
-t: the uniforms ``u`` are draws ``[t M, t M + r + 5 B)`` of one counter-based stream,
+t: the uniforms ``u`` are draws ``[t M, (t + 1) M)`` of one counter-based stream,
 ``Philox(SeedSequence([ONLINE_MIXTURE_SALT, seed]))`` (`step_uniforms`; each step owns
 ``M = 4 ceil((G + 5 B) / 4)`` draws, so a run of steps is one contiguous read), and the
 rare extra draws come from ``rng_t = step_rng(seed, t)``, the step's own block of a second
@@ -20,17 +20,23 @@ stream (``EXTRA_SALT``):
   ``u_j sum(frac)``, and the plan (the group of every slot) is
   ``np.repeat(arange(G), counts)[argsort(u[r:r + B], kind="stable")]``, a random order.
 * **Members** (`OnlineMixtureSampler.indices`, when ``group_ids`` of an indexable dataset
-  are given; ``n_g`` members of group g, in ascending example order): slot s of group g
-  gets member ``floor(u[r + B + s] n_g)``. A group with ``count_g > n_g`` keeps these
-  (with replacement, as it must). A dense group (``n_g / 2 < count_g <= n_g``) instead
-  takes ``rng_t.permutation(n_g)[:count_g]`` for its slots in slot order (groups in
-  ascending order). In a sparse group (``count_g <= n_g / 2``), as long as two slots hold
-  the same example, every later one (in slot order) is redrawn, all at once: in round
-  ``k <= 3`` slot s takes ``floor(u[r + (1 + k) B + s] n_g)``, in later rounds the slots
-  redrawn take ``floor(rng_t.random(count) n_g)``. So the members of a group with
-  ``count_g <= n_g`` are distinct, and by symmetry under relabelling its members they are a
-  uniformly random ``count_g``-subset (as with ``rng.choice(..., replace=False)``), at a
-  cost that does not grow with the number of groups.
+  are given; ``n_g`` members of group g, in ascending example order): the first draw of
+  slot s of group g is member ``floor(u[r + B + s] n_g)``. A group with ``count_g > n_g``
+  keeps these (with replacement, as it must). A dense group (``n_g / 2 < count_g <= n_g``)
+  instead takes ``rng_t.permutation(n_g)[:count_g]`` for its slots in slot order (groups
+  in ascending order). In a sparse group (``count_g <= n_g / 2``), a slot keeps its first
+  draw unless an earlier slot (in slot order) has the same one; those *redraw slots*, in
+  slot order, then each take the first candidate that no slot holds yet (neither a kept
+  first draw nor the pick of an earlier redraw slot). Candidates are one sequence shared
+  by the redraw slots of the step, each consumed once, kept or skipped: ``c_i = u[r + 2 B
+  + i]`` for ``i < M - r - 2 B`` (at least 3 B + 1 of them), then ``rng_t.random()``
+  draws, one at a time; candidate c for a slot of group g is member ``floor(c n_g)``. So
+  the members of a group with ``count_g <= n_g`` are distinct: the kept first draws, then
+  draws uniform among the members still free (rejection), so by symmetry under
+  relabelling its members they are a uniformly random ``count_g``-subset (as with
+  ``rng.choice(..., replace=False)``). With ~B^2 / (2 n) redraw slots of a few candidates
+  each, a step costs a few NumPy calls and a short Python loop, whatever the number of
+  groups.
 * **Processes**: the plan and members are those of the global batch; process k of K
   returns slots ``[k B / K, (k + 1) B / K)``, so the union of the slices of all processes
   is the global batch of a single-process run.
@@ -42,14 +48,15 @@ stream (``EXTRA_SALT``):
 Everything is a pure function of ``(seed, step, probs)``. Since the proportions cannot
 change between refreshes, with ``update_every > 1`` the steps up to the next refresh (at
 most `MAX_BLOCK`) are drawn at once, vectorized over steps, and served from a one-block
-cache: the same numbers, computed faster. Throughput (``benchmarks/sampler_throughput.py``):
-tens of microseconds per batch with new proportions at every step, a few with
-``update_every=10``.
+cache: the same numbers, computed faster. Throughput (``benchmarks/sampler_throughput.py``,
+digits MLP, B = 128, 10 groups): about 35 microseconds per batch with new proportions at
+every step (``refresh``, plan, members and the gather of the rows).
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -116,7 +123,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 _BLOCK = 1 << 64  # Philox counter values of a step's block in the second stream
 MAX_BLOCK = 64  # steps drawn at once while the proportions cannot change
-REDRAW_ROUNDS = 3  # redraw rounds whose uniforms are drawn up front
+CANDIDATES = 32  # candidate draws of a step read with its plan (the rest on demand)
 
 
 class _Streams(threading.local):
@@ -130,12 +137,34 @@ _STREAMS = _Streams()
 
 
 def _generator(seed: int, salt: int):
+  """``(bits, base state, generator, scratch state)`` of ``Philox(SeedSequence([salt, seed]))``."""
   key = (int(salt), int(seed))
   entry = _STREAMS.bases.get(key)
   if entry is None:
     bits = np.random.Philox(np.random.SeedSequence(list(key)))
-    entry = _STREAMS.bases[key] = (bits, bits.state, np.random.Generator(bits))
+    state = bits.state
+    # A copy whose counter `_seek` sets (None if the base counter is not 0).
+    moved = (None if state["state"]["counter"].any() else
+             dict(state, state=dict(state["state"], counter=state["state"]["counter"].copy())))
+    entry = _STREAMS.bases[key] = (bits, state, np.random.Generator(bits), moved)
   return entry
+
+
+def _seek(seed: int, salt: int, position: int) -> np.random.Generator:
+  """The generator of `_generator`, ``position`` counter values (4 draws each) past the base.
+
+  The same as ``bits.state = base; bits.advance(position)``, in one state assignment: a
+  Philox seeded by a `SeedSequence` starts at counter 0 (the fallback covers any other).
+  """
+  entry = _STREAMS.bases.get((salt, seed)) or _generator(seed, salt)
+  bits, state, gen, moved = entry
+  if moved is not None and 0 <= position < _BLOCK:
+    moved["state"]["counter"][0] = position
+    bits.state = moved
+  else:
+    bits.state = state
+    bits.advance(position)
+  return gen
 
 
 def step_rng(seed: int, step: int, salt: int = EXTRA_SALT) -> np.random.Generator:
@@ -154,7 +183,7 @@ def step_rng(seed: int, step: int, salt: int = EXTRA_SALT) -> np.random.Generato
     >>> bool((a == np.random.Generator(bits.advance(5 * 2**64)).random(3)).all())
     True
   """
-  bits, state, gen = _generator(seed, salt)
+  bits, state, gen, _ = _generator(seed, salt)
   bits.state = state
   bits.advance(int(step) * _BLOCK)
   return gen
@@ -181,27 +210,50 @@ def step_uniforms(seed: int, start: int, count: int, width: int, used: int | Non
   """
   if width % 4:
     raise ValueError(f"width={width} must be a multiple of 4")
-  bits, state, gen = _generator(seed, salt)
-  bits.state = state
-  bits.advance(int(start) * (width // 4))
-  u = gen.random(count * width).reshape(count, width)
+  u = _seek(seed, salt, int(start) * (width // 4)).random(count * width).reshape(count, width)
   return u if used is None or used == width else u[:, :used]
 
 
+SMALL_GROUPS = 32  # up to this many groups, the layout and counts are Python lists
+
+
 class _Layout(NamedTuple):
-  """What a step's plan needs from the proportions alone (computed once per ``probs``)."""
+  """What a step's plan needs from the proportions alone (computed once per ``probs``).
+
+  ``floor`` and ``cdf`` are Python lists for at most `SMALL_GROUPS` groups (a few Python
+  operations per group cost less than a NumPy call each), NumPy arrays otherwise: the same
+  numbers either way (``float(floor)`` is exact, and ``cumsum`` adds in order).
+  """
 
   probs: np.ndarray   # float64 [G], normalised
-  floor: np.ndarray   # int64 [G], floor(p B)
+  floor: Any          # int [G], floor(p B)
   remaining: int      # r = B - sum(floor)
-  cdf: np.ndarray     # float64 [G], cumsum(frac)
-  odd: np.ndarray | None = None  # groups that may be dense or need replacement at a step
+  cdf: Any            # float64 [G], cumsum(frac)
+  odd: list | None = None  # groups that may be dense or need replacement at a step
 
 
-def _layout(p: np.ndarray, batch_size: int) -> _Layout:
+def _layout(p: np.ndarray, batch_size: int, half: list | None = None) -> _Layout:
+  """The layout of normalised ``p``; with ``half = [n_g // 2]``, also the groups that may get
+  ``count_g > n_g / 2`` (``count_g <= floor_g + r``)."""
+  if len(p) <= SMALL_GROUPS:
+    floor, cdf, acc = [], [], 0.0
+    for x in p.tolist():
+      target = x * batch_size
+      f = int(target)  # floor, as target >= 0
+      floor.append(f)
+      acc += target - f
+      cdf.append(acc)
+    r = batch_size - sum(floor)
+    odd = None
+    if half is not None:  # (usually no group can: a cheap bound first)
+      odd = ([g for g, (f, h) in enumerate(zip(floor, half)) if f + r > h]
+             if max(floor) + r > min(half) else [])
+    return _Layout(p, floor, r, cdf, odd)
   target = p * batch_size
-  floor = target.astype(np.int64)  # floor, as target >= 0
-  return _Layout(p, floor, batch_size - int(floor.sum()), np.cumsum(target - floor))
+  floor = target.astype(np.int64)
+  r = batch_size - int(floor.sum())
+  odd = None if half is None else np.flatnonzero(floor + r > np.asarray(half)).tolist()
+  return _Layout(p, floor, r, np.cumsum(target - floor), odd)
 
 
 def plan_counts(probs: np.ndarray, batch_size: int, u: np.ndarray) -> np.ndarray:
@@ -224,15 +276,23 @@ def plan_counts(probs: np.ndarray, batch_size: int, u: np.ndarray) -> np.ndarray
     [1, 2]
   """
   lay = _layout(np.asarray(probs, np.float64), batch_size)
-  return _counts(lay, np.asarray(u, np.float64))
+  return np.asarray(_counts(lay, np.asarray(u, np.float64)), np.int64)
 
 
-def _counts(lay: _Layout, u: np.ndarray) -> np.ndarray:
-  if not lay.remaining:
-    return lay.floor
-  picks = np.searchsorted(lay.cdf, u[:lay.remaining] * lay.cdf[-1], side="right")
+def _counts(lay: _Layout, u: np.ndarray):
+  """Counts per group (a list when ``lay.floor`` is one, else int64 [G])."""
+  r, cdf = lay.remaining, lay.cdf
   # u < 1 gives u * cdf[-1] < cdf[-1] in floating point, so picks < G.
-  return lay.floor + np.bincount(picks, minlength=len(lay.cdf))
+  if isinstance(cdf, list):
+    counts = lay.floor.copy()
+    total = cdf[-1]
+    for v in u[:r].tolist():  # bisect_right is searchsorted(side="right")
+      counts[bisect_right(cdf, v * total)] += 1
+    return counts
+  if not r:
+    return lay.floor
+  picks = np.searchsorted(cdf, u[:r] * cdf[-1], side="right")
+  return lay.floor + np.bincount(picks, minlength=len(cdf))
 
 
 def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int | None = None,
@@ -318,126 +378,159 @@ def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int
   elif num_groups is None:
     raise ValueError("online_mixture_sampler needs num_groups= when group_ids is None")
   num_groups = check_num_groups(num_groups)
-  group_range = np.arange(num_groups, dtype=np.int32)
-  last = {}  # the last proportions validated: {raw bytes: _Layout}
+  group_range = np.arange(num_groups, dtype=np.intp)  # int32 indices cost a conversion
+  slot_range = np.arange(batch)
+  last = [None, {}]  # the last proportions validated: its _Layout, {raw bytes: _Layout}
+  shape = (num_groups,)
   has_empty = sizes is not None and bool((sizes == 0).any())
+  half = None
+  if sizes is not None:
+    half = (sizes // 2).tolist()  # 2 count > n iff count > n // 2
+    size_list, first_list = sizes.tolist(), first.tolist()
+    size_float = sizes.astype(np.float64)
+    total = len(order)
+    scratch = threading.local()  # per thread: int64 [n + B], B everywhere between calls
 
   def layout(probs) -> _Layout:
-    p = np.asarray(getattr(probs, "probs", probs), np.float64)
-    key = p.tobytes() if p.shape == (num_groups,) else None
-    hit = last.get(key)
+    p = getattr(probs, "probs", probs)
+    hit = last[0]
+    if hit is not None and p is hit.probs:  # the state `refresh` just returned
+      return hit
+    p = np.asarray(p, np.float64)
+    key = p.tobytes() if p.shape == shape else None
+    hit = last[1].get(key)
     if hit is not None:
       return hit
-    p = check_probs(p, num_groups)
+    # check_probs (atol 1e-5), its accepting case first: a finite sum rules out nan and inf.
+    s = float(p.sum()) if key is not None else np.nan
+    if not (abs(s - 1.0) <= 1e-5 and
+            (min(p.tolist()) if num_groups <= SMALL_GROUPS else p.min()) >= 0):
+      p = check_probs(p, num_groups)  # raises
+      s = float(p.sum())
     if has_empty:
       empty = np.flatnonzero((p > 0) & (sizes == 0))
       if empty.size:
         raise ValueError(f"probs={p.tolist()} puts weight on groups {empty.tolist()} that "
                          "have no example in group_ids")
-    p = p / p.sum()
-    lay = _layout(p, batch)
-    if sizes is not None:  # count_g <= floor_g + r: only these groups can have 2 count > n
-      lay = lay._replace(odd=np.flatnonzero(2 * (lay.floor + lay.remaining) > sizes))
-    for a in (p, lay.floor, lay.cdf):
-      a.flags.writeable = False
-    last.clear()
-    last[key] = lay
+    p = p / s
+    p.flags.writeable = False
+    lay = _layout(p, batch, half)
+    last[0] = lay
+    last[1] = {key: lay, p.tobytes(): lay}  # the raw and the normalised proportions
     return lay
 
-  # Uniforms of a step: r remainder draws (r <= G), B order keys, B members, B per redraw
-  # round; each step owns `width` draws of the main stream.
-  width = -(-(num_groups + (2 + REDRAW_ROUNDS) * batch) // 4) * 4
-  num_draws = lambda lay: lay.remaining + (2 + REDRAW_ROUNDS) * batch
+  # Uniforms of a step: r remainder draws (r < G), B order keys, B first draws, then
+  # candidates; each step owns `width` draws of the main stream (>= 3 B + 1 candidates).
+  width = -(-(num_groups + 5 * batch) // 4) * 4
 
-  def one(step: int, lay: _Layout):
-    """The rule for one step: ``(slots int32 [B], positions in `order` int64 [B] | None)``."""
-    r = lay.remaining
-    u = step_uniforms(seed, step, 1, width, num_draws(lay))[0]
-    rng = None  # the step's generator of the second stream, when needed
-    counts = _counts(lay, u)
-    slots = group_range.repeat(counts)[u[r:r + batch].argsort(kind="stable")]
-    if order is None:
-      return slots, None
-    n = sizes[slots]
-    members = first[slots] + (u[r + batch:r + 2 * batch] * n).astype(np.int64)
+  def redraw(step, later, slots, cand, more, mark, rng):
+    """Members of the redraw slots ``later``, in slot order: successive candidates, skipping
+    those a slot holds (``mark[m] < B``: a first draw; ``taken``: an earlier redraw).
+
+    ``cand``: the first candidate uniforms; then, if ``more`` is not None, draws
+    ``[more, width)`` of the step (the rest of them); then draws of its second stream.
+    """
+    taken, picks = set(), []
+    vs = cand[::-1].tolist()  # candidates to pop, the next one last
+    for g in slots[later].tolist():
+      f, n = first_list[g], size_list[g]
+      while True:
+        if vs:
+          v = vs.pop()
+        elif more is not None:  # draws [more, width) of the step
+          skip = more % 4
+          vs = _seek(seed, ONLINE_MIXTURE_SALT, (step * width + more) // 4).random(
+              width - more + skip)[skip:][::-1].tolist()
+          more = None
+          continue
+        else:
+          rng = step_rng(seed, step) if rng is None else rng
+          v = rng.random()
+        m = f + int(v * n)  # floor(v n) < n for every double v < 1 and n < 2**53
+        if mark[m] == batch and m not in taken:
+          break
+      taken.add(m)
+      picks.append(m)
+    return picks
+
+  def finish(step, lay, slots, counts, members, cand, more=None):
+    """Members of a step from its first draws ``members`` (changed in place): dense groups,
+    then the redraw slots (`redraw`)."""
     keys = members
-    if lay.odd.size:
-      odd = lay.odd[2 * counts[lay.odd] > sizes[lay.odd]]  # dense or with replacement
+    rng = None  # the step's generator of the second stream, when needed
+    if lay.odd:
+      counts = np.asarray(counts)
+      odd = np.array(lay.odd)
+      odd = odd[counts[odd] > sizes[odd] // 2]  # dense or with replacement
       if odd.size:
         for g in odd[counts[odd] <= sizes[odd]].tolist():  # dense: a permutation prefix
           rng = step_rng(seed, step) if rng is None else rng
           members[slots == g] = first[g] + rng.permutation(sizes[g])[:counts[g]]
-        keys = np.where(np.isin(slots, odd), -1 - np.arange(batch), members)  # never collide
-    round_ = 0
-    while True:
-      by_key = keys.argsort(kind="stable")
-      sorted_keys = keys[by_key]
-      dup = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()[0]
-      if not dup.size:
-        break
-      later = np.sort(by_key[dup + 1])  # every later occurrence, in slot order
-      round_ += 1
-      if round_ <= REDRAW_ROUNDS:  # slot s redraws with u[r + (1 + round) B + s]
-        v = u[r + (1 + round_) * batch + later]
-      else:
-        rng = step_rng(seed, step) if rng is None else rng
-        v = rng.random(len(later))
-      # floor(v n) < n for every double v < 1 and integer n < 2**53 (rounding is monotone).
-      members[later] = first[slots[later]] + (v * n[later]).astype(np.int64)
-      if keys is not members:
-        keys[later] = members[later]
-    return slots, members
+        is_odd = np.zeros(num_groups, bool)
+        is_odd[odd] = True
+        keys = np.where(is_odd[slots], total + slot_range, members)  # never collide
+    mark = getattr(scratch, "mark", None)
+    if mark is None:
+      mark = scratch.mark = np.full(total + batch, batch, np.int64)
+    try:
+      # mark[k]: the least slot whose key is k (`minimum.at` is unbuffered, so exact); slot
+      # s redraws iff an earlier slot has its key.
+      np.minimum.at(mark, keys, slot_range)
+      later = (mark[keys] != slot_range).nonzero()[0]
+      if later.size:
+        members[later] = redraw(step, later, slots, cand, more, mark, rng)
+    finally:
+      mark[keys] = batch
+    return members
+
+  def one(step: int, lay: _Layout):
+    """The rule for one step: ``(slots intp [B], positions in `order` int64 [B] | None)``."""
+    r = lay.remaining
+    head = min(r + 2 * batch + CANDIDATES, width)  # the draws read now
+    u = _seek(seed, ONLINE_MIXTURE_SALT, step * (width // 4)).random(head)
+    counts = _counts(lay, u)
+    keys = u[r:r + batch]
+    perm = keys.argsort()  # the stable order unless two keys tie (then sorted again)
+    in_order = keys[perm]
+    if np.count_nonzero(in_order[1:] == in_order[:-1]):
+      perm = keys.argsort(kind="stable")
+    slots = group_range.repeat(counts)[perm]
+    if order is None:
+      return slots, None
+    members = first[slots] + (u[r + batch:r + 2 * batch] * size_float[slots]).astype(np.int64)
+    return slots, finish(step, lay, slots, counts, members, u[r + 2 * batch:], head)
 
   def block(start: int, count: int, lay: _Layout):
-    """`one` for steps ``start .. start + count - 1`` at once (the same numbers), vectorized.
-
-    Steps with a dense group, a group drawn with replacement, or duplicates left after
-    `REDRAW_ROUNDS` redraw rounds are recomputed by `one`.
-    """
+    """`one` for steps ``start .. start + count - 1`` at once (the same numbers): the plan and
+    the first draws vectorized over steps, then `finish` step by step."""
     r = lay.remaining
-    u = step_uniforms(seed, start, count, width, num_draws(lay))
+    floor, cdf = np.asarray(lay.floor, np.int64), np.asarray(lay.cdf, np.float64)
+    head = min(r + 2 * batch + CANDIDATES, width)  # as in `one`: the rest read on demand
+    u = step_uniforms(seed, start, count, width, head)
     rows = np.arange(count)[:, None]
     if r:
-      picks = np.searchsorted(lay.cdf, u[:, :r] * lay.cdf[-1], side="right")
+      picks = np.searchsorted(cdf, u[:, :r] * cdf[-1], side="right")
       extra = np.bincount((picks + num_groups * rows).ravel(), minlength=count * num_groups)
-      counts = lay.floor + extra.reshape(count, num_groups)
+      counts = floor + extra.reshape(count, num_groups)
     else:
-      counts = np.broadcast_to(lay.floor, (count, num_groups))
+      counts = np.broadcast_to(floor, (count, num_groups))
     # Row t of `repeated` is np.repeat(arange(G), counts[t]): one searchsorted for all rows.
     bounds = (np.cumsum(counts, axis=1) + batch * rows).ravel()
     repeated = (np.searchsorted(bounds, (np.arange(batch) + batch * rows).ravel(), side="right")
                 .reshape(count, batch) - num_groups * rows)
-    slots = np.take_along_axis(repeated, u[:, r:r + batch].argsort(axis=1, kind="stable"),
-                               axis=1).astype(np.int32)
+    keys = u[:, r:r + batch]
+    perm = keys.argsort(axis=1)  # the stable order in rows without ties, as in `one`
+    in_order = np.take_along_axis(keys, perm, axis=1)
+    tied = np.flatnonzero((in_order[:, 1:] == in_order[:, :-1]).any(axis=1))
+    if tied.size:
+      perm[tied] = keys[tied].argsort(axis=1, kind="stable")
+    slots = np.take_along_axis(repeated, perm, axis=1)
     if order is None:
       return slots, None
-    n = sizes[slots]
-    members = first[slots] + (u[:, r + batch:r + 2 * batch] * n).astype(np.int64)
-    fallback = np.zeros(count, bool)
-    if lay.odd.size:
-      fallback = (2 * counts[:, lay.odd] > sizes[lay.odd]).any(axis=1)
-    total = len(order)
-    keys = members + total * rows  # one key space for all rows
-    if fallback.any():
-      keys = np.where(fallback[:, None], -1 - np.arange(count * batch).reshape(count, batch),
-                      keys)
-    for round_ in range(REDRAW_ROUNDS + 1):
-      flat = keys.ravel()
-      by_key = flat.argsort(kind="stable")
-      sorted_keys = flat[by_key]
-      dup = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()[0]
-      if not dup.size:
-        break
-      later = np.sort(by_key[dup + 1])
-      if round_ == REDRAW_ROUNDS:  # those steps continue their generator, in `one`
-        fallback[later // batch] = True
-        break
-      lr, ls = np.divmod(later, batch)
-      v = u[lr, r + (2 + round_) * batch + ls]
-      members[lr, ls] = first[slots[lr, ls]] + (v * n[lr, ls]).astype(np.int64)
-      keys[lr, ls] = members[lr, ls] + total * lr
-    for k in np.flatnonzero(fallback).tolist():
-      slots[k], members[k] = one(start + k, lay)
+    members = first[slots] + (u[:, r + batch:r + 2 * batch] * size_float[slots]).astype(
+        np.int64)
+    for k in range(count):
+      finish(start + k, lay, slots[k], counts[k], members[k], u[k, r + 2 * batch:head], head)
     return slots, members
 
   cached = [None]  # (layout, first step, step count, slots, members) of the last block
@@ -458,10 +551,10 @@ def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int
     return slots[0], None if members is None else members[0]
 
   def plan(step: int, probs) -> np.ndarray:
-    return rows_for(step, probs)[0].copy()
+    return rows_for(step, probs)[0].astype(np.int32)
 
   def groups(step: int, probs) -> np.ndarray:
-    return rows_for(step, probs)[0][lo:hi].copy()
+    return rows_for(step, probs)[0][lo:hi].astype(np.int32)
 
   def indices(step: int, probs) -> np.ndarray:
     if order is None:
@@ -484,10 +577,10 @@ def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int
 
 
 __all__ = [
+    "CANDIDATES",
     "EXTRA_SALT",
     "MAX_BLOCK",
     "ONLINE_MIXTURE_SALT",
-    "REDRAW_ROUNDS",
     "OnlineMixtureSampler",
     "OnlineMixtureState",
     "online_mixture_sampler",

@@ -18,12 +18,12 @@ def _sampler(batch=16, seed=0, **kw):
   return om.online_mixture_sampler(batch, seed, **kw)
 
 
-def _uniforms(seed, step, batch, groups, used):
+def _uniforms(seed, step, batch, groups):
   """The documented main stream: step `step` owns draws [t M, t M + M) of Philox."""
   width = 4 * -(-(groups + 5 * batch) // 4)
   gen = np.random.Generator(
       np.random.Philox(np.random.SeedSequence([om.ONLINE_MIXTURE_SALT, seed])))
-  return gen.random((step + 1) * width)[step * width:step * width + used]
+  return gen.random((step + 1) * width)[step * width:]
 
 
 def _rng(seed, step):
@@ -38,7 +38,7 @@ def _plan_numpy(seed, step, probs, batch):
   p = p / p.sum()
   counts = np.floor(p * batch).astype(np.int64)
   r = int(batch - counts.sum())
-  u = _uniforms(seed, step, batch, len(p), r + 5 * batch)
+  u = _uniforms(seed, step, batch, len(p))
   rng = _rng(seed, step)
   frac = p * batch - counts
   for j in range(r):   # remaining slot j: the group whose cdf interval holds u_j sum(frac)
@@ -49,36 +49,41 @@ def _plan_numpy(seed, step, probs, batch):
         counts[g] += 1
         break
   plan = np.repeat(np.arange(len(p)), counts)[np.argsort(u[r:r + batch], kind="stable")]
-  return plan, counts, rng, u[r + batch:]   # member draws, then round-1 redraws
+  return plan, counts, rng, u[r + batch:]   # first draws, then candidates
 
 
-def _indices_numpy(seed, step, probs, batch, group_ids):
+def _indices_numpy(seed, step, probs, batch, group_ids, stats=None):
   """The documented member rule, slot by slot in plain Python."""
   plan, counts, rng, u = _plan_numpy(seed, step, probs, batch)
   members = [np.flatnonzero(group_ids == g) for g in range(len(counts))]
   n = [len(m) for m in members]
-  pos = [int(np.floor(u[s] * n[plan[s]])) for s in range(batch)]
+  pos = [int(np.floor(u[s] * n[plan[s]])) for s in range(batch)]   # first draws
   for g in range(len(counts)):
     if n[g] < 2 * counts[g] <= 2 * n[g]:   # dense: a permutation prefix, in slot order
       perm = rng.permutation(n[g])[:counts[g]]
       for j, s in enumerate(np.flatnonzero(plan == g)):
         pos[s] = int(perm[j])
-  round_ = 0
-  while True:   # sparse groups: redraw every later duplicate, all at once
-    seen, later = set(), []
-    for s in range(batch):
-      g = plan[s]
-      if 2 * counts[g] <= n[g]:
-        if (g, pos[s]) in seen:
-          later.append(s)
-        seen.add((g, pos[s]))
-    if not later:
-      break
-    round_ += 1   # rounds 1-3: slot s takes u[r + (1 + round) B + s]; then fresh draws
-    values = ([u[round_ * batch + s] for s in later] if round_ <= 3
-              else rng.random(len(later)))
-    for s, v in zip(later, values):
-      pos[s] = int(np.floor(v * n[plan[s]]))
+  sparse = [2 * c <= m for c, m in zip(counts, n)]
+  held, redraw = set(), []   # kept first draws; slots repeating an earlier first draw
+  for s in range(batch):
+    if sparse[plan[s]]:
+      if (plan[s], pos[s]) in held:
+        redraw.append(s)
+      held.add((plan[s], pos[s]))
+  candidates = list(u[batch:])   # u[r + 2B + i] up to the end of the step's draws
+  used = 0
+  for s in redraw:   # in slot order: the first candidate no slot holds yet
+    g = plan[s]
+    while True:
+      v = candidates[used] if used < len(candidates) else rng.random()
+      used += 1
+      m = int(np.floor(v * n[g]))
+      if (g, m) not in held:
+        break
+    held.add((g, m))
+    pos[s] = m
+  if stats is not None:
+    stats.update(redraw=len(redraw), candidates=used, in_stream=len(candidates))
   return np.array([members[plan[s]][pos[s]] for s in range(batch)])
 
 
@@ -153,9 +158,37 @@ def test_members_cover_dense_sparse_and_replacement_groups():
       assert len(set(idx[ids[idx] == g].tolist())) == (ids[idx] == g).sum()
 
 
+def test_candidates_past_the_first_read_and_from_the_second_stream():
+  # 50 slots in each of two groups of 100: ~10 redraw slots per group, and about half of
+  # the candidates skipped, so steps use more than the CANDIDATES read with the plan.
+  ids = np.repeat([0, 1], [100, 100])
+  probs = [0.5, 0.5]
+  single = _sampler(batch=100, seed=3, group_ids=ids)
+  blocked = _sampler(batch=100, seed=3, group_ids=ids, update_every=4)
+  past = 0
+  for t in range(8):
+    stats = {}
+    ref = _indices_numpy(3, t, probs, 100, ids, stats)
+    np.testing.assert_array_equal(single.indices(t, probs), ref)
+    np.testing.assert_array_equal(blocked.indices(t, probs), ref)
+    past += stats["candidates"] > om.CANDIDATES
+    for g in (0, 1):
+      assert len(set(ref[ids[ref] == g].tolist())) == 50
+  assert past
+  # 2 slots among 4 members: at this step the slots' first draws are equal and so are all
+  # 8 candidates of the main stream (chance 4**-9), so the pick comes from rng_t.
+  ids = np.zeros(4, np.int64)
+  stats = {}
+  ref = _indices_numpy(2, 302655, [1.0], 2, ids, stats)
+  assert stats["in_stream"] == 8 and stats["candidates"] > 8
+  np.testing.assert_array_equal(_sampler(batch=2, seed=2, group_ids=ids).indices(302655, [1.0]),
+                                ref)
+  assert ref[0] != ref[1]
+
+
 @pytest.mark.parametrize("update_every", [3, 10, 200])
 def test_blocks_between_refreshes_draw_the_same_numbers(update_every):
-  # Small groups exercise every fallback of the vectorized block: replacement (size 3),
+  # Small groups exercise every path of the member rule in a block: replacement (size 3),
   # dense (size 10), sparse with frequent duplicates (size 40) and large (size 300).
   ids = np.repeat([0, 1, 2, 3], [3, 10, 40, 300])
   probs = np.array([0.25, 0.25, 0.25, 0.25])
@@ -173,8 +206,7 @@ def test_blocks_between_refreshes_draw_the_same_numbers(update_every):
     for t in range(12):
       np.testing.assert_array_equal(blocked.indices(t, p), single.indices(t, p))
       np.testing.assert_array_equal(single.indices(t, p), _indices_numpy(9, t, p, 24, ids))
-  # 4 slots among 8 members (sparse, many duplicates): some steps need a second redraw
-  # round, which the block leaves to the one-step rule.
+  # 4 slots among 8 members (sparse, many duplicates): redraw slots often skip candidates.
   few = np.repeat([0, 1], [8, 400])
   q = np.array([4 / 24, 20 / 24])
   a = _sampler(batch=24, seed=9, group_ids=few)
@@ -207,6 +239,19 @@ def test_members_are_uniform():
   # Each of 20 members of a group is in a batch with probability 4 / 20 (distinct picks).
   expected = steps * 4 / 20
   assert np.abs(hits - expected).max() < 5 * np.sqrt(expected * (1 - 4 / 20))
+  # 4 slots among 8 members (most steps redraw): each of the 70 subsets equally likely.
+  ids = np.repeat([0, 1], [8, 400])
+  s = _sampler(batch=24, seed=1, group_ids=ids)
+  steps = 7000
+  subsets = {}
+  for t in range(steps):
+    idx = s.indices(t, [4 / 24, 20 / 24])
+    key = tuple(sorted(idx[idx < 8].tolist()))
+    subsets[key] = subsets.get(key, 0) + 1
+  assert len(subsets) == 70 and all(len(k) == 4 for k in subsets)
+  freq = np.array(list(subsets.values()))
+  chi2 = ((freq - steps / 70) ** 2 / (steps / 70)).sum()
+  assert chi2 < 69 + 5 * np.sqrt(2 * 69)   # 69 degrees of freedom: mean 69, sd 11.7
 
 
 @pytest.mark.parametrize("process_count", [2, 4])
