@@ -18,6 +18,25 @@ def _stack(histories: Sequence[list[dict]], key: str):
   return np.asarray([r[:n] for r in rows], float)
 
 
+
+def _panel_grid(n: int, max_cols: int, width: float, height: float):
+  """A figure with ``n`` panels of ``width x height`` inches, at most ``max_cols`` a row."""
+  cols = min(max_cols, n)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  return fig, axes
+
+
+def _save(fig, path: str) -> str:
+  """Writes ``fig`` to ``path`` (creating its folder) and closes it."""
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
 def curve_data(runs: Mapping[str, Sequence[list[dict]]], key: str):
   """``{method: (steps, mean, std)}`` of metric ``key`` over seeds (histories cut to the
   shortest)."""
@@ -48,11 +67,7 @@ def curves(runs: Mapping[str, Sequence[list[dict]]], path: str,
     ax.set_ylabel(key.replace("_", " "))
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def weight_histograms(final_weights: Mapping[str, Mapping[str, np.ndarray]], path: str) -> str:
@@ -60,11 +75,7 @@ def weight_histograms(final_weights: Mapping[str, Mapping[str, np.ndarray]], pat
   methods = [m for m, fw in final_weights.items() if "is_noisy" in fw]
   if not methods:
     return ""
-  cols = min(4, len(methods))
-  rows = -(-len(methods) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-  for ax in axes.flat[len(methods):]:
-    ax.axis("off")
+  fig, axes = _panel_grid(len(methods), max_cols=4, width=4.0, height=3.0)
   for ax, method in zip(axes.flat, methods):
     w, noisy = final_weights[method]["weights"], final_weights[method]["is_noisy"].astype(bool)
     hi = max(float(np.max(w)), 1.0)
@@ -74,11 +85,7 @@ def weight_histograms(final_weights: Mapping[str, Mapping[str, np.ndarray]], pat
     ax.set_title(method, fontsize=9)
     ax.set_xlabel("weight")
   axes.flat[0].legend(fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def proportions(trajectories: Mapping[str, tuple[Sequence[float], np.ndarray]], path: str,
@@ -93,11 +100,7 @@ def proportions(trajectories: Mapping[str, tuple[Sequence[float], np.ndarray]], 
   """
   if not trajectories:
     return ""
-  cols = min(3, len(trajectories))
-  rows = -(-len(trajectories) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-  for ax in axes.flat[len(trajectories):]:
-    ax.axis("off")
+  fig, axes = _panel_grid(len(trajectories), max_cols=3, width=4.5, height=3.2)
   for ax, (method, (steps, probs)) in zip(axes.flat, trajectories.items()):
     probs = np.asarray(probs, float)
     names = group_names or [f"group {g}" for g in range(probs.shape[1])]
@@ -108,11 +111,7 @@ def proportions(trajectories: Mapping[str, tuple[Sequence[float], np.ndarray]], 
     ax.set_xlabel("step")
     ax.set_ylabel("proportion")
   axes.flat[0].legend(fontsize=7, loc="upper left")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def history_probs(histories: Sequence[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
