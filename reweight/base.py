@@ -482,8 +482,9 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
 
   Returns:
     ``loss_fn(params, batch, weighting_state, *, step=None, **kw) -> (loss, (new_state,
-    info))`` where ``info`` holds ``weights``, ``losses``, ``loss`` (unweighted mean) and the
-    `diagnostics`.
+    info))`` where ``info`` holds ``weights``, ``losses``, ``loss`` (unweighted mean), the
+    `diagnostics` and, for a group method (`reweight.group`), `group_info`: ``probs``,
+    ``group_loss``, ``group_count`` and ``group_weight_share``.
 
   Raises:
     ValueError: (when the loss is traced) inside `jax.shard_map` without ``axis_name``
