@@ -23,6 +23,8 @@ def get_config():
   c.steps = 1000
   c.batch_size = 128
   c.microbatches = 1
+  # Devices: "data" puts all on the data axis; "data:4,fsdp:2" shards params on "fsdp" too.
+  c.mesh = "data"
   c.eval_every = 50
   c.checkpoint_every = 500
   c.seeds = (0, 1, 2)

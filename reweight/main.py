@@ -1,6 +1,10 @@
 """Runs an experiment from a config: ``python -m reweight.main --config=configs/default.py
 --workdir=DIR``. Override any field on the command line: ``--config.steps=500``.
 
+Devices: ``--config.mesh="data:4,fsdp:2"`` trains on a 2-D mesh, the batch split over both
+axes and the parameters, optimizer and weighting state over ``fsdp``; the numbers are those
+of one device (the default ``"data"`` puts every device on the data axis).
+
 Preemption: on SIGTERM the run in progress finishes its step, is checkpointed at that step,
 and the program exits with status 143 (128 + SIGTERM) and a one-line message on stderr.
 Running the same command again resumes it and ends with the table of an uninterrupted run.

@@ -6,6 +6,11 @@
 with ``axis_name="data"`` reduces across devices with `lax.psum` / `lax.pmax`. Means are
 always ``psum(numerator) / psum(denominator)``, never a mean of per-device means.
 
+**Sharded parameters.** A 2-D mesh ``data x fsdp`` (`make_mesh_from_spec`, e.g.
+``"data:4,fsdp:2"``) splits the batch over both axes (`batch_sharding`) and each parameter
+over ``fsdp`` along its largest divisible dimension (`shard_params`). Under `jax.jit` the
+code stays global-view, so the layout changes no number.
+
 **The shard_map convention.** `jax.shard_map` with its default ``check_vma=True`` types
 every value as varying over a mesh axis or invariant (replicated) across it. Inside
 ``reweight.weighted(f, w, axis_name="data")`` the loss is the global batch's, typed
@@ -239,22 +244,146 @@ def make_mesh(num_devices: int | None = None, axis_name: str = "data",
                        devices=devices)
 
 
-def batch_sharding(mesh: Mesh, axis_name: str = "data") -> NamedSharding:
-  """`NamedSharding` that splits the leading (batch) dimension over ``axis_name``."""
-  return NamedSharding(mesh, P(axis_name))
+# The mesh axes a batch is split over (in this order) when a mesh has them: ``data`` (data
+# parallelism) and ``fsdp`` (sharded parameters; its devices also take their own examples).
+BATCH_AXES = ("data", "fsdp")
+# The axis names a mesh spec (`make_mesh_from_spec`, ``config.mesh``) may use.
+MESH_AXES = BATCH_AXES
 
 
-def shard_batch(batch: Any, mesh: Mesh, axis_name: str = "data") -> Any:
+def parse_mesh_spec(spec: str | None, num_devices: int) -> tuple[tuple[str, int], ...]:
+  """``((axis, size), ...)`` of a mesh spec such as ``"data:4,fsdp:2"``.
+
+  The spec is a comma-separated list of ``axis:size`` with axis names from `MESH_AXES`, each
+  at most once; one entry may omit its size (or give ``-1``) to take the devices the others
+  leave. An empty spec (or None) is ``"data"``: all devices on the data axis. The sizes must
+  multiply to at most ``num_devices`` (the mesh takes the first devices).
+
+  Raises:
+    ValueError: naming the bad spec and the valid form.
+
+  Examples:
+    >>> from reweight import parallel
+    >>> parallel.parse_mesh_spec("data:4,fsdp:2", 8)
+    (('data', 4), ('fsdp', 2))
+    >>> parallel.parse_mesh_spec("fsdp:2,data", 8)
+    (('fsdp', 2), ('data', 4))
+    >>> parallel.parse_mesh_spec("", 8)
+    (('data', 8),)
+    >>> parallel.parse_mesh_spec("data:4,model:2", 8)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: mesh spec 'data:4,model:2': unknown axis 'model'; expected ... 'data:4,fsdp:2'...
+  """
+  form = (f"expected comma-separated 'axis:size' entries with axis names from {list(MESH_AXES)}, "
+          "e.g. 'data:4,fsdp:2'; one size may be left out (or -1) to take the remaining devices")
+  text = (spec or "").strip()
+  if not text:
+    return (("data", num_devices),)
+  axes, sizes = [], []
+  for entry in text.split(","):
+    name, _, size = entry.strip().partition(":")
+    name, size = name.strip(), size.strip()
+    if name not in MESH_AXES:
+      raise ValueError(f"mesh spec {spec!r}: unknown axis {name!r}; {form}")
+    if name in axes:
+      raise ValueError(f"mesh spec {spec!r}: axis {name!r} appears twice; {form}")
+    try:
+      n = int(size) if size else -1
+    except ValueError:
+      raise ValueError(f"mesh spec {spec!r}: size {size!r} of axis {name!r} is not an "
+                       f"integer; {form}") from None
+    if n == 0 or n < -1:
+      raise ValueError(f"mesh spec {spec!r}: size {n} of axis {name!r} must be >= 1; {form}")
+    axes.append(name)
+    sizes.append(n)
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh spec {spec!r}: more than one axis without a size; {form}")
+  known = int(np.prod([n for n in sizes if n != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh spec {spec!r}: the given sizes (product {known}) do not divide "
+                       f"the {num_devices} available devices; {form}")
+    sizes[sizes.index(-1)] = num_devices // known
+  total = int(np.prod(sizes))
+  if total > num_devices:
+    raise ValueError(f"mesh spec {spec!r} needs {total} devices but {num_devices} are "
+                     f"available; {form}")
+  return tuple(zip(axes, sizes))
+
+
+def make_mesh_from_spec(spec: str | None = None,
+                        devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A `Mesh` described by a spec string such as ``"data:4,fsdp:2"`` (`parse_mesh_spec`).
+
+  The axes are `AxisType.Auto` (global-view code under `jax.jit`). An empty spec puts every
+  device on ``"data"``, as `make_mesh` does. The batch is split over all of `BATCH_AXES`
+  the mesh has (`batch_sharding`), the parameters over ``"fsdp"`` (`shard_params`).
+
+  Args:
+    spec: the mesh, ``axis:size`` entries; see `parse_mesh_spec`.
+    devices: the devices to take them from (default ``jax.devices()``).
+
+  Examples:
+    >>> from reweight import parallel
+    >>> mesh = parallel.make_mesh_from_spec("data:1,fsdp:1")
+    >>> dict(mesh.shape)
+    {'data': 1, 'fsdp': 1}
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  axes = parse_mesh_spec(spec, len(devices))
+  names = tuple(a for a, _ in axes)
+  shape = tuple(n for _, n in axes)
+  return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names),
+                       devices=devices[:int(np.prod(shape))])
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The axes of ``mesh`` the batch is split over: those of `BATCH_AXES` it has (else all).
+
+  Examples:
+    >>> from reweight import parallel
+    >>> parallel.batch_axes(parallel.make_mesh_from_spec("fsdp:1,data:1"))
+    ('data', 'fsdp')
+  """
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return axes or tuple(mesh.axis_names)
+
+
+def batch_sharding(mesh: Mesh, axis_name: str | tuple[str, ...] | None = None) -> NamedSharding:
+  """`NamedSharding` that splits the leading (batch) dimension over ``axis_name``.
+
+  ``axis_name=None`` (the default) splits it over `batch_axes` of the mesh: ``"data"`` on a
+  1-D data mesh, ``("data", "fsdp")`` on a 2-D one.
+
+  Examples:
+    >>> from reweight import parallel
+    >>> parallel.batch_sharding(parallel.make_mesh(1)).spec
+    P('data',)
+    >>> parallel.batch_sharding(parallel.make_mesh_from_spec("data:1,fsdp:1")).spec
+    P(('data', 'fsdp'),)
+  """
+  if axis_name is None:
+    axis_name = batch_axes(mesh)
+  axes = axis_tuple(axis_name)
+  return NamedSharding(mesh, P(axes[0] if len(axes) == 1 else axes))
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis_name: str | tuple[str, ...] | None = None) -> Any:
   """Global arrays, sharded on the batch dimension, from this process's host data.
 
   Uses `jax.make_array_from_process_local_data`, so the same call works on one host and on
-  many (each host passes its own slice of the global batch).
+  many (each host passes its own slice of the global batch). ``axis_name=None``: the mesh's
+  `batch_axes`.
 
   Raises:
-    ValueError: if a leaf's leading dimension is not divisible by the local device count.
+    ValueError: if a leaf's leading dimension is not divisible by the number of batch shards
+      on this process's devices.
   """
   sharding = batch_sharding(mesh, axis_name)
-  n_local = len(mesh.local_devices)
+  n_shards = int(np.prod([mesh.shape[a] for a in axis_tuple(batch_axes(mesh) if axis_name is None
+                                                             else axis_name)]))
+  n_local = max(n_shards * len(mesh.local_devices) // mesh.size, 1)
 
   def put(x):
     x = np.asarray(x)
@@ -265,6 +394,60 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str = "data") -> Any:
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree.map(put, batch)
+
+
+def fsdp_spec(shape: Sequence[int], size: int, axis: str = "fsdp") -> P:
+  """The `PartitionSpec` `shard_params` gives an array of ``shape`` on ``size`` devices.
+
+  Its largest dimension divisible by ``size`` (the first of equal ones) is split over
+  ``axis``; with none (or a scalar, or ``size == 1``) the array is replicated, ``P()``.
+
+  Examples:
+    >>> from reweight import parallel
+    >>> parallel.fsdp_spec((64, 256), 2)
+    P(None, 'fsdp')
+    >>> parallel.fsdp_spec((3, 5), 2), parallel.fsdp_spec((), 2)
+    (P(), P())
+  """
+  best = None
+  if size > 1:
+    for i, n in enumerate(shape):
+      if n % size == 0 and (best is None or n > shape[best]):
+        best = i
+  if best is None:
+    return P()
+  return P(*([None] * best + [axis]))
+
+
+def shard_params(tree: Any, mesh: Mesh, axis: str = "fsdp") -> Any:
+  """Places every leaf of ``tree`` on ``mesh``, split on ``axis`` where it divides (FSDP).
+
+  Each array gets ``NamedSharding(mesh, fsdp_spec(shape, mesh.shape[axis], axis))``: its
+  largest dimension divisible by the axis size is split over ``axis``, anything else
+  (scalars, PRNG keys, shapes nothing divides) is replicated. A mesh without ``axis``
+  replicates everything (`replicate`). Code under `jax.jit` is global-view, so the layout
+  changes where the numbers live, not the numbers.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight import parallel
+    >>> mesh = parallel.make_mesh_from_spec("data:1,fsdp:1")
+    >>> tree = parallel.shard_params({"w": jnp.ones((4, 6)), "b": jnp.zeros(6)}, mesh)
+    >>> tree["w"].sharding.mesh.axis_names
+    ('data', 'fsdp')
+  """
+  size = mesh.shape[axis] if axis in mesh.axis_names else 1
+
+  def put(x):
+    shape = getattr(x, "shape", None)
+    if shape is None:
+      shape = np.shape(x)
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      shape = ()
+    return jax.device_put(x, NamedSharding(mesh, fsdp_spec(shape, size, axis)))
+
+  return jax.tree.map(put, tree)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -313,3 +496,75 @@ def segment_sum(x: jax.Array, segment_ids: jax.Array, num_segments: int,
   axis_name = resolve_axis_name(axis_name)
   s = jax.ops.segment_sum(x, segment_ids, num_segments=num_segments)
   return lax.psum(s, axis_name) if axis_name is not None else s
+
+
+def shard_examples(tree: Any, mesh: Mesh, axis_name: str | tuple[str, ...] | None = None, *,
+                   dim: int = 0) -> Any:
+  """Places per-example tables (state indexed by example id) split by id over ``axis_name``.
+
+  Every leaf of ``tree`` gets a `NamedSharding` that splits its dimension ``dim`` (the example
+  axis, of size ``N``) over the mesh axis (or axes) ``axis_name``: device ``k`` of ``D`` holds
+  the rows ``[k N / D, (k + 1) N / D)``, so a table of ``b`` bytes per example costs
+  ``b N / D`` bytes per device instead of ``b N``. Under `jax.jit` the code stays the global
+  view: a read ``table[ids]`` is a gather and a write ``table.at[ids].set(...)`` a scatter,
+  which XLA partitions (rows owned by other devices travel between devices), with the same
+  numbers as a replicated table; the jitted step's output keeps the sharding of its input
+  (pass the same sharding as ``out_shardings`` to pin it). Used for SAF's logit memory
+  (``dim=1`` of `reweight.sample.saf.SAFMemory`), the loss EMAs of
+  `reweight.curriculum.scoring.LossEmaState` and per-example lookup tables (e.g. an easiness
+  table passed to the step as an argument). Inside `jax.shard_map` with ``check_vma=True``,
+  `reweight.sample.saf.read_memory` / ``update_memory`` and
+  `reweight.curriculum.scoring.update_loss_ema` given ``axis_name`` also accept their table
+  sharded this way (``in_specs`` ``P(None, "data")`` / ``P("data")``); under `jax.pmap` or
+  ``check_vma=False`` tables must be replicated (``P()``).
+
+  Args:
+    tree: a pytree of arrays whose dimension ``dim`` indexes the examples (host or device
+      arrays; the same values on every process).
+    mesh: the `Mesh`.
+    axis_name: the mesh axis name(s) to split the examples over; None (the default): the
+      batch axes of the mesh (`batch_axes`: ``"data"``, or ``("data", "fsdp")`` on a 2-D
+      mesh, so that every device holds a distinct slice).
+    dim: the example dimension of every leaf (negative counts from the end).
+
+  Returns:
+    ``tree`` with every leaf placed on ``mesh``, split over ``axis_name`` along ``dim``.
+
+  Raises:
+    ValueError: if a leaf has no dimension ``dim`` or its size is not divisible by the
+      number of devices along ``axis_name`` (round the table's ``N`` up to a multiple of it:
+      ids stay in ``[0, N)`` and the extra rows are never touched).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight import parallel
+    >>> mesh = parallel.make_mesh(1)
+    >>> ema = parallel.shard_examples({"ema": jnp.zeros(8), "count": jnp.zeros(8, int)}, mesh)
+    >>> tuple(ema["ema"].sharding.spec)
+    ('data',)
+    >>> memory = parallel.shard_examples(jnp.zeros((2, 8, 3)), mesh, dim=1)
+    >>> tuple(memory.sharding.spec)
+    (None, 'data')
+    >>> memory.addressable_shards[0].data.shape  # (2, 8 // num_devices, 3)
+    (2, 8, 3)
+  """
+  if axis_name is None:
+    axis_name = batch_axes(mesh)
+  axes = axis_tuple(axis_name)
+  size = int(np.prod([mesh.shape[a] for a in axes]))
+  entry = axes[0] if len(axes) == 1 else axes
+
+  def put(x):
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    if not -x.ndim <= dim < x.ndim:
+      raise ValueError(f"cannot shard dimension {dim} of an array of shape {x.shape}")
+    d = dim % x.ndim
+    if x.shape[d] % size:
+      raise ValueError(
+          f"cannot split the {x.shape[d]} examples (dimension {d} of shape {x.shape}) over "
+          f"{size} devices along {entry!r}: round the number of examples of the table up "
+          f"to a multiple of {size} (ids stay in [0, N); the extra rows are never used)")
+    spec = [None] * d + [entry]
+    return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+
+  return jax.tree.map(put, tree)

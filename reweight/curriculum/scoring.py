@@ -4,7 +4,11 @@ A score is a float per example, **higher = harder** (or lower quality). Sources:
 
 * `init_loss_ema` / `update_loss_ema`: a running EMA of each example's training loss,
   updated from the (global) batch by scatter; the state is a `LossEmaState` NamedTuple
-  of [N] arrays, so it jits, shards and checkpoints like any other training state.
+  of [N] arrays, so it jits, shards and checkpoints like any other training state. It
+  costs 8 bytes per example (float32 EMA + int32 count); ``init_loss_ema(N, mesh=mesh)``
+  shards it by example id over the mesh's data axis (``8 N / D`` bytes on each of ``D``
+  devices) with the same values under `jax.jit`, or inside `jax.shard_map` (on
+  ``P("data")``, with ``axis_name``).
 * `from_reference`: losses of a reference model (or the excess over them).
 * `from_external`: any precomputed score (length, quality classifier, ...).
 
@@ -27,6 +31,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from reweight import parallel
 
 
 class LossEmaState(NamedTuple):
@@ -40,23 +47,41 @@ class LossEmaState(NamedTuple):
   count: jax.Array
 
 
-def init_loss_ema(num_examples: int) -> LossEmaState:
-  """An empty `LossEmaState` for ``num_examples`` examples.
+def init_loss_ema(num_examples: int, *, mesh: Mesh | None = None,
+                  axis_name: str | tuple[str, ...] | None = None) -> LossEmaState:
+  """An empty `LossEmaState` for ``num_examples`` examples (8 bytes per example).
+
+  Args:
+    num_examples: N, the dataset size (ids in [0, N)).
+    mesh: optional `Mesh`: the state is placed on it sharded by example id over
+      ``axis_name`` (`reweight.parallel.shard_examples`), so that each of the D devices holds
+      N / D examples (8 N / D bytes); N must be a multiple of D (round it up). Under
+      `jax.jit`, `update_loss_ema` is then a partitioned gather / scatter with the same
+      values as on a replicated state, and the output keeps the sharding; inside
+      `jax.shard_map` pass the state with ``in_specs=P("data")`` and ``axis_name``.
+    axis_name: the mesh axis (or axes) to shard over; None: the mesh's batch axes.
 
   Examples:
+    >>> from reweight import parallel
     >>> from reweight.curriculum import scoring
     >>> scoring.init_loss_ema(3).count.tolist()
     [0, 0, 0]
+    >>> tuple(scoring.init_loss_ema(8, mesh=parallel.make_mesh(1)).ema.sharding.spec)
+    ('data',)
   """
   if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
       or num_examples < 1:
     raise ValueError(f"num_examples={num_examples!r} must be an integer >= 1")
   n = int(num_examples)
-  return LossEmaState(ema=jnp.zeros((n,), jnp.float32), count=jnp.zeros((n,), jnp.int32))
+  state = LossEmaState(ema=jnp.zeros((n,), jnp.float32), count=jnp.zeros((n,), jnp.int32))
+  if mesh is not None:
+    state = parallel.shard_examples(state, mesh, axis_name)
+  return state
 
 
 def update_loss_ema(state: LossEmaState, example_ids: jax.Array, losses: jax.Array,
-                    decay: float = 0.9, mask: jax.Array | None = None) -> LossEmaState:
+                    decay: float = 0.9, mask: jax.Array | None = None, *,
+                    axis_name: parallel.AxisName = None) -> LossEmaState:
   r"""Folds a batch of per-example losses into the per-example EMA.
 
   For each distinct id i in the batch, with l_i the mean of its valid losses in the
@@ -71,7 +96,12 @@ def update_loss_ema(state: LossEmaState, example_ids: jax.Array, losses: jax.Arr
   Duplicates are merged with ``jnp.unique(size=B)`` and a segment sum, so the update is
   deterministic, jit-able, O(B log B) in the batch and touches only the batch's rows of
   the [N] state. Under `jax.jit` with a batch sharded over a mesh the ids and losses are
-  global arrays, so every device's examples are folded in.
+  global arrays, so every device's examples are folded in; the state may be replicated or
+  sharded by example id (``init_loss_ema(N, mesh=mesh)``), with the same result. Inside
+  `jax.shard_map` / `jax.pmap` pass ``axis_name``: the batch's ids and losses are
+  all-gathered, and every device folds in the global batch (a replicated state, ``P()``)
+  or only the ids it holds (a state sharded by example id, ``in_specs=P(axis_name)``,
+  recognized by its type under ``check_vma=True``).
 
   Args:
     state: the current `LossEmaState`.
@@ -79,9 +109,10 @@ def update_loss_ema(state: LossEmaState, example_ids: jax.Array, losses: jax.Arr
     losses: float [B], their (already reduced) losses.
     decay: d in [0, 1).
     mask: optional bool [B]; False entries (padding) are ignored.
+    axis_name: inside `shard_map` / `pmap`, the batch axis name(s).
 
   Returns:
-    The new `LossEmaState`.
+    The new `LossEmaState` (replicated or sharded like ``state``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -99,12 +130,20 @@ def update_loss_ema(state: LossEmaState, example_ids: jax.Array, losses: jax.Arr
   if ids.ndim != 1 or losses.shape != ids.shape:
     raise ValueError(
         f"example_ids {ids.shape} and losses {losses.shape} must be 1-D of equal length")
-  n = state.ema.shape[0]
-  b = ids.shape[0]
+  n_local = n = state.ema.shape[0]
+  axis_name = parallel.resolve_axis_name(axis_name)
+  sharded = axis_name is not None and parallel.is_typed(state.count, axis_name)
+  if sharded:  # this device holds the ids [k n_local, (k + 1) n_local)
+    n = n_local * jax.lax.axis_size(axis_name)
   ids = ids.astype(jnp.int32)
   valid = jnp.isfinite(losses) & (ids >= 0) & (ids < n)
   if mask is not None:
     valid = valid & jnp.asarray(mask, bool)
+  if axis_name is not None:  # the global batch on every device
+    ids = _gather_batch(ids, axis_name)
+    losses = _gather_batch(jnp.where(valid, losses, 0.0), axis_name)
+    valid = _gather_batch(valid.astype(jnp.int32), axis_name) > 0
+  b = ids.shape[0]
   keys = jnp.where(valid, ids, n)  # invalid entries share the out-of-range key n
   uniq, inverse = jnp.unique(keys, return_inverse=True, size=b, fill_value=n)
   inverse = inverse.reshape(-1)
@@ -112,12 +151,24 @@ def update_loss_ema(state: LossEmaState, example_ids: jax.Array, losses: jax.Arr
   counts = jax.ops.segment_sum(valid.astype(jnp.int32), inverse, num_segments=b)
   batch_mean = sums / jnp.maximum(counts, 1)
   target = jnp.where(counts > 0, uniq, n)  # n is out of bounds: dropped below
+  if sharded:
+    target = target - jax.lax.axis_index(axis_name) * n_local
+    target = jnp.where((target >= 0) & (target < n_local), target, n_local)
   old = state.ema.at[target].get(mode="fill", fill_value=0.0)
   seen = state.count.at[target].get(mode="fill", fill_value=0) > 0
   new = jnp.where(seen, decay * old + (1.0 - decay) * batch_mean, batch_mean)
   ema = state.ema.at[target].set(new.astype(state.ema.dtype), mode="drop")
   count = state.count.at[target].add(counts, mode="drop")
   return LossEmaState(ema=ema, count=count)
+
+
+def _gather_batch(x: jax.Array, axis_name: parallel.AxisName) -> jax.Array:
+  """The global batch of a per-device ``x`` on every device, typed replicated (a ``psum`` of
+  zero-padded buffers, exact)."""
+  local = x.shape[0]
+  buffer = jnp.zeros((jax.lax.axis_size(axis_name) * local,) + x.shape[1:], x.dtype)
+  offset = jax.lax.axis_index(axis_name) * local
+  return jax.lax.psum(jax.lax.dynamic_update_slice_in_dim(buffer, x, offset, 0), axis_name)
 
 
 def loss_ema_scores(state: LossEmaState, unseen_value: float = math.nan) -> jax.Array:

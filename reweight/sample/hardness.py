@@ -225,6 +225,14 @@ def ease_curriculum(*, steps_per_epoch: int, m: int = 20, easiness_key: str = "e
   value per training example) is given, looked up by the ``example_ids`` extra (the batch's
   ``"id"`` field under `reweight.weighted`). Values outside [0, 1] are clipped.
 
+  Memory: the ``easiness_table`` is stored as float32, 4 bytes per example, and is a
+  constant of the compiled step, replicated on every device. To shard it by example id
+  instead (``4 N / D`` bytes on each of ``D`` devices), pass it to the jitted step as an
+  argument placed with `reweight.parallel.shard_examples` and give its rows as the easiness
+  extra, e.g. return ``{"easiness": table[batch["id"]]}`` in the per-example loss
+  function's aux dict: under `jax.jit` the lookup is a partitioned gather with the same
+  values.
+
   Deviation from the paper: the paper multiplies each loss by ``W_i`` as is, so early epochs
   also train with a smaller effective learning rate. Here the weights are normalized to mean
   one over the batch (the `Weighting` contract), which keeps the relative emphasis and drops

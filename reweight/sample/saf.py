@@ -28,12 +28,26 @@ entry is really from epoch ``e - E`` (``has_past``): examples skipped in that ep
 epochs before ``E``, get no trajectory term instead of a stale or zero target. Use
 ``dtype=jnp.bfloat16`` to halve the memory.
 
-**Sharding.** The memory is replicated. `read_memory` is a local gather. `update_memory`
+**Memory per example.** Each example id holds ``E`` rows of ``C`` logits plus ``E`` int32
+write epochs: ``E (4 C + 4)`` bytes in float32, ``E (2 C + 4)`` in bfloat16 (``E = 2``,
+``C = 1000``: about 8 kB per example, 8 GB for a million examples when replicated).
+
+**Sharding.** Under `jax.jit` (the global view) the memory can be sharded by example id over
+the mesh's data axis: ``saf_memory(..., mesh=mesh)`` (or ``saf_memory_writer(..., mesh=mesh)``,
+or `reweight.parallel.shard_examples` with ``dim=1``) places it so that each of ``D`` devices
+holds ``N / D`` ids (``E (4 C + 4) N / D`` bytes per device; ``N`` must be a multiple of
+``D``: round it up). `read_memory` is then a gather and `update_memory` a scatter that XLA
+partitions across devices, with the same values as a replicated memory, and the jitted step
+returns the memory with the same sharding. Inside `jax.shard_map` / `pmap`, `update_memory`
 with ``axis_name`` all-gathers the ``(ids, logits, mask)`` of the global batch before the
-scatter (as a ``psum`` of zero-padded buffers, so the result is also typed as replicated
-under `shard_map`'s ``check_vma``), so the memory stays identical on every device inside
-`shard_map` / `pmap`; under `jax.jit` with a sharded batch the global-view scatter needs no
-axis name.
+scatter (as a ``psum`` of zero-padded buffers, so the result is typed as replicated under
+`shard_map`'s ``check_vma``). A replicated memory (``P()``) is then written identically on
+every device and `read_memory` is a local gather. Inside `jax.shard_map` with its default
+``check_vma=True`` the memory may also be sharded by id (``in_specs`` and ``out_specs``
+``P(None, "data")``, recognized by its type): each device writes the rows it holds, and
+`read_memory` with ``axis_name`` all-gathers the batch's ids, answers for its rows and
+returns each device its examples' rows with a ``psum_scatter`` (exact). Under `jax.pmap`
+or ``check_vma=False`` the memory must be replicated.
 
 In a training step the memory can travel as the state of `saf_memory_writer`, a `Weighting`
 with uniform weights that writes the aux ``logits`` of the batch's ``id``s, so it is carried,
@@ -57,6 +71,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from reweight import parallel
 from reweight.base import Weighting, valid_mask
@@ -79,7 +94,8 @@ class SAFMemory(NamedTuple):
 
 
 def saf_memory(num_examples: int, num_classes: int, *, epochs_ago: int = 1,
-               dtype=jnp.float32) -> SAFMemory:
+               dtype=jnp.float32, mesh: Mesh | None = None,
+               axis_name: str | tuple[str, ...] | None = None) -> SAFMemory:
   """An empty SAF memory for ``num_examples`` examples of ``num_classes`` logits.
 
   Args:
@@ -87,22 +103,36 @@ def saf_memory(num_examples: int, num_classes: int, *, epochs_ago: int = 1,
     num_classes: ``C``, the number of logits per example.
     epochs_ago: ``E``, how many epochs back the reference logits are (the ring size).
     dtype: storage dtype of the logits (``jnp.bfloat16`` halves the memory).
+    mesh: optional `Mesh`: the memory is placed on it sharded by example id over
+      ``axis_name`` (`reweight.parallel.shard_examples`), for use under `jax.jit` or inside
+      `jax.shard_map` with ``in_specs=P(None, "data")`` (see the module's "Sharding");
+      ``num_examples`` must then be a multiple of the number of devices along it.
+    axis_name: the mesh axis (or axes) to shard the examples over; None: the mesh's batch
+      axes (``"data"``). Only with ``mesh``.
 
   Returns:
-    A `SAFMemory` with zero logits and ``written = -1``.
+    A `SAFMemory` with zero logits and ``written = -1``: ``E (C itemsize + 4)`` bytes per
+    example (``E (4 C + 4)`` in float32), divided among the devices when sharded.
 
   Examples:
     >>> from reweight.sample.saf import saf_memory
     >>> memory = saf_memory(10, 3, epochs_ago=2)
     >>> memory.logits.shape, memory.written.shape
     ((2, 10, 3), (2, 10))
+    >>> from reweight import parallel
+    >>> sharded = saf_memory(8, 3, epochs_ago=2, mesh=parallel.make_mesh(1))
+    >>> tuple(sharded.logits.sharding.spec)  # each device holds 8 / num_devices ids
+    (None, 'data')
   """
   for name, value in (("num_examples", num_examples), ("num_classes", num_classes),
                       ("epochs_ago", epochs_ago)):
     if not isinstance(value, int | np.integer) or value < 1:
       raise ValueError(f"{name}={value!r} must be a positive integer")
-  return SAFMemory(jnp.zeros((epochs_ago, num_examples, num_classes), dtype),
-                   jnp.full((epochs_ago, num_examples), -1, jnp.int32))
+  memory = SAFMemory(jnp.zeros((epochs_ago, num_examples, num_classes), dtype),
+                     jnp.full((epochs_ago, num_examples), -1, jnp.int32))
+  if mesh is not None:
+    memory = parallel.shard_examples(memory, mesh, axis_name, dim=1)
+  return memory
 
 
 def _check_ids(memory: SAFMemory, example_ids) -> Array:
@@ -120,13 +150,20 @@ def _check_ids(memory: SAFMemory, example_ids) -> Array:
   return ids
 
 
-def read_memory(memory: SAFMemory, example_ids: Array, epoch) -> tuple[Array, Array]:
+def read_memory(memory: SAFMemory, example_ids: Array, epoch, *,
+                axis_name: AxisName = None) -> tuple[Array, Array]:
   """The logits of ``example_ids`` recorded ``E`` epochs before ``epoch``.
 
   Args:
     memory: a `SAFMemory`.
     example_ids: ``[B]`` integer ids in ``[0, N)``.
     epoch: the current epoch (an int or a scalar array).
+    axis_name: inside `jax.shard_map`, the batch axis name(s). Needed only for a memory
+      sharded by example id (passed with ``in_specs=P(None, axis_name)``, detected by its
+      type under ``check_vma=True``): the ids of the global batch are all-gathered, each
+      device answers for the ids it holds and the answers are summed back to the devices
+      of the examples (``psum_scatter``; exact, one device holds each id). A replicated
+      memory is read locally.
 
   Returns:
     ``(past_logits [B, C] float32, has_past [B] bool)``; ``has_past`` is False where the
@@ -146,11 +183,37 @@ def read_memory(memory: SAFMemory, example_ids: Array, epoch) -> tuple[Array, Ar
   ring, num_examples = memory.written.shape
   epoch = jnp.asarray(epoch, jnp.int32)
   slot = epoch % ring
+  axis_name = parallel.resolve_axis_name(axis_name)
+  if _sharded(memory, axis_name):
+    num_local = num_examples
+    num_examples = num_local * jax.lax.axis_size(axis_name)
+    in_range = (ids >= 0) & (ids < num_examples)
+    safe = _replicated_gather(jnp.where(in_range, ids, 0), axis_name)
+    local, owned = _local_rows(safe, num_local, axis_name)
+    rows = memory.logits[slot].at[local].get(mode="fill", fill_value=0).astype(jnp.float32)
+    written = memory.written[slot].at[local].get(mode="fill", fill_value=-1)
+    hit = (owned & (written == epoch - ring)).astype(jnp.int32)
+    past = jax.lax.psum_scatter(rows, axis_name, scatter_dimension=0, tiled=True)
+    hit = jax.lax.psum_scatter(hit, axis_name, scatter_dimension=0, tiled=True)
+    return past, in_range & (epoch >= ring) & (hit > 0)
   in_range = (ids >= 0) & (ids < num_examples)
   safe = jnp.where(in_range, ids, 0)
   past = memory.logits[slot][safe].astype(jnp.float32)
   has_past = in_range & (epoch >= ring) & (memory.written[slot][safe] == epoch - ring)
   return past, has_past
+
+
+def _sharded(memory: SAFMemory, axis_name: AxisName) -> bool:
+  """Whether, inside `shard_map`, ``memory`` holds only this device's rows of the ids."""
+  return axis_name is not None and parallel.is_typed(memory.written, axis_name)
+
+
+def _local_rows(ids: Array, num_local: int, axis_name: AxisName) -> tuple[Array, Array]:
+  """Row of each global id in this device's block of ``num_local`` ids (out of bounds and
+  False where another device holds it)."""
+  local = ids - jax.lax.axis_index(axis_name) * num_local
+  owned = (local >= 0) & (local < num_local)
+  return jnp.where(owned, local, num_local), owned
 
 
 def _replicated_gather(x: Array, axis_name: AxisName) -> Array:
@@ -176,16 +239,19 @@ def update_memory(memory: SAFMemory, example_ids: Array, logits: Array, *, epoch
   rows is kept.
 
   Args:
-    memory: a `SAFMemory` (replicated).
+    memory: a `SAFMemory`, replicated or sharded by example id (see the module's
+      "Sharding").
     example_ids: ``[B]`` integer ids in ``[0, N)``.
     logits: ``[B, C]`` the current logits.
     epoch: the current epoch (an int or a scalar array).
     mask: optional ``[B]`` booleans.
     axis_name: inside `shard_map` / `pmap`, the batch axis name(s): the batch's ids, logits
-      and mask are all-gathered so every device writes the same rows.
+      and mask are all-gathered so every device writes the same rows (a replicated memory)
+      or the rows of the ids it holds (a memory sharded by example id inside `shard_map`
+      with ``check_vma=True``, see `read_memory`).
 
   Returns:
-    The updated `SAFMemory`, identical on every device.
+    The updated `SAFMemory`, identical on every device (or sharded like ``memory``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -198,6 +264,8 @@ def update_memory(memory: SAFMemory, example_ids: Array, logits: Array, *, epoch
   """
   ids = _check_ids(memory, example_ids)
   ring, num_examples, num_classes = memory.logits.shape
+  axis_name = parallel.resolve_axis_name(axis_name)
+  sharded = _sharded(memory, axis_name)
   logits = jnp.asarray(logits)
   if logits.shape != (ids.shape[0], num_classes):
     raise ValueError(f"logits have shape {logits.shape}; expected {(ids.shape[0], num_classes)}"
@@ -209,13 +277,15 @@ def update_memory(memory: SAFMemory, example_ids: Array, logits: Array, *, epoch
       raise ValueError(f"mask has shape {mask.shape} but example_ids have shape {ids.shape}")
     keep = keep & mask.astype(bool)
   logits = jax.lax.stop_gradient(logits).astype(memory.logits.dtype)
-  axis_name = parallel.resolve_axis_name(axis_name)
   if axis_name is not None:
     ids = _replicated_gather(ids, axis_name)
     logits = _replicated_gather(logits, axis_name)
     keep = _replicated_gather(keep.astype(jnp.int32), axis_name).astype(bool)
   epoch = jnp.asarray(epoch, jnp.int32)
   slot = epoch % ring
+  if sharded:  # this device's rows only; the others are out of bounds
+    ids, owned = _local_rows(ids, num_examples, axis_name)
+    keep = keep & owned
   target = jnp.where(keep, ids, num_examples)  # out of bounds: dropped by the scatter
   new_logits = memory.logits.at[slot, target].set(logits, mode="drop")
   new_written = memory.written.at[slot, target].set(
@@ -293,7 +363,7 @@ def saf_loss(logits: Array, labels: Array, memory_logits: Array, tau: float = 5.
 
 def saf_memory_writer(num_examples: int, num_classes: int, *, steps_per_epoch: int,
                       epochs_ago: int = 1, dtype=jnp.float32,
-                      axis_name: AxisName = None) -> Weighting:
+                      axis_name: AxisName = None, mesh: Mesh | None = None) -> Weighting:
   """A `Weighting` with uniform weights whose state is the SAF memory it keeps up to date.
 
   ``update`` writes the ``logits`` extra (return it in the per-example loss function's aux
@@ -309,9 +379,13 @@ def saf_memory_writer(num_examples: int, num_classes: int, *, steps_per_epoch: i
     epochs_ago: ``E`` (see `saf_memory`).
     dtype: storage dtype of the logits.
     axis_name: inside `shard_map` / `pmap`, the batch axis name(s).
+    mesh: optional `Mesh`: ``init`` returns the memory sharded by example id over the
+      mesh's batch axes (see `saf_memory`), for a step under `jax.jit`, or inside
+      `jax.shard_map` (``check_vma=True``) with the memory on ``P(None, "data")``.
 
   Returns:
-    A `Weighting` whose state is a `SAFMemory`; ``update`` needs ``step=``.
+    A `Weighting` whose state is a `SAFMemory` (``E (4 C + 4)`` bytes per example in float32,
+    divided among the devices with ``mesh``); ``update`` needs ``step=``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -327,7 +401,7 @@ def saf_memory_writer(num_examples: int, num_classes: int, *, steps_per_epoch: i
   """
   if not isinstance(steps_per_epoch, int | np.integer) or steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be a positive integer")
-  empty = saf_memory(num_examples, num_classes, epochs_ago=epochs_ago, dtype=dtype)
+  empty = saf_memory(num_examples, num_classes, epochs_ago=epochs_ago, dtype=dtype, mesh=mesh)
 
   def init(key=None):
     del key

@@ -162,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     ``{"summary": {method: {...}}, "table": str, "plots": [paths]}``.
   """
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh_from_spec(config.get("mesh", ""))
   runs: dict[str, list] = {}
   finals: dict[str, list] = {}
   prepared: dict[int, tuple] = {}
@@ -200,9 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                                      **resolve_data_kwargs(spec.get("weighting_kwargs", {}),
                                                            train, num_classes))
         if train_step is None:
-          train_step = jax.jit(make_train_step(per_example, weighting, optimizer,
-                                               microbatches=config.microbatches),
-                               donate_argnums=0)
+          train_step = loop.jit_train_step(make_train_step(per_example, weighting, optimizer,
+                                                           microbatches=config.microbatches))
         if eval_step is None:
           eval_step = _shared_eval_step(fn.apply, num_classes)
         loss_kwargs = {}

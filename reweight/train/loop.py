@@ -170,6 +170,35 @@ def _weight_sums(weights, is_noisy=None):
   return noisy, jnp.sum(weights)
 
 
+def jit_train_step(step_fn: Callable) -> Callable:
+  """``jax.jit(step_fn, donate_argnums=0)`` that keeps the state's layout from step to step.
+
+  The step's new state gets ``out_shardings`` equal to the shardings of the state passed in
+  (e.g. the ``fsdp`` layout of `state_lib.place`), so sharded parameters and optimizer state
+  never drift to another layout; the metrics' layout is the compiler's choice. One jitted
+  function per distinct state layout (in practice one per run, shared by all seeds).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from reweight.train.loop import jit_train_step
+    >>> step = jit_train_step(lambda s, b: (s + b.sum(), {"n": b.shape[0]}))
+    >>> float(step(jnp.zeros(()), jnp.ones(4))[0])
+    4.0
+  """
+  compiled: dict = {}
+
+  def step(state, batch, **kwargs):
+    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), state)
+    key = (jax.tree.structure(state), tuple(jax.tree.leaves(shardings)))
+    if key not in compiled:
+      if any(s is None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
+        shardings = None  # host values: let jit choose
+      compiled[key] = jax.jit(step_fn, donate_argnums=0, out_shardings=(shardings, None))
+    return compiled[key](state, batch, **kwargs)
+
+  return step
+
+
 def evaluate(eval_step: Callable, state, dataset: Mapping[str, np.ndarray], batch_size: int,
              mesh) -> dict[str, float]:
   """Accuracy, balanced accuracy and mean CE over a whole split (padded batches)."""
@@ -254,7 +283,9 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
       checkpoint. None: nothing is written.
     checkpoint_every: steps between checkpoints (default: every evaluation).
     loss_kwargs: extra arrays for the weighting, e.g. ``{"meta_batch": ...}``.
-    mesh: a `Mesh` (default: all devices); the batch is sharded on ``"data"``.
+    mesh: a `Mesh` (default: all devices on ``"data"``); the batch is split over its
+      `parallel.batch_axes` (``"data"``, and ``"fsdp"`` when it has one), params, optimizer,
+      weighting and reparam state over ``"fsdp"`` (`state_lib.place`).
     progress: show a tqdm bar.
     train_step, eval_step: already-built jitted steps to reuse across seeds (optional).
       Each is compiled once per run (once in all, when reused with the same shapes).
@@ -273,14 +304,14 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   mesh = mesh or parallel.make_mesh()
   loss_kwargs = parallel.replicate(dict(loss_kwargs or {}), mesh)
   if train_step is None:
-    train_step = jax.jit(make_train_step(per_example_loss, weighting, optimizer,
-                                         reparam=reparam, microbatches=microbatches),
-                         donate_argnums=0)
+    train_step = jit_train_step(make_train_step(per_example_loss, weighting, optimizer,
+                                                reparam=reparam, microbatches=microbatches))
   if eval_step is None:
     eval_step = jax.jit(make_eval_step(apply_fn, num_classes, reparam=reparam))
 
-  state = state_lib.create(params, optimizer, weighting, jax.random.PRNGKey(seed),
-                           reparam=reparam)
+  # The reparam's init (e.g. PiSSA's SVD) runs on the params in their sharded layout.
+  state = state_lib.create(parallel.shard_params(params, mesh), optimizer, weighting,
+                           jax.random.PRNGKey(seed), reparam=reparam)
   it = train_iterator(train_ds, batch_size, seed)
   history: list[dict] = []
   # The loop's own progress: sums of the steps since the last evaluation, and the weights of
@@ -307,7 +338,7 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
       if has_loop:
         running, final = _restore_loop_progress(restored["loop"])
   # The step donates its input state: copy it, so the caller's `params` stay usable.
-  state = parallel.replicate(jax.tree.map(lambda x: jnp.array(x, copy=True), state), mesh)
+  state = state_lib.place(jax.tree.map(lambda x: jnp.array(x, copy=True), state), mesh)
   checkpoint_every = checkpoint_every or eval_every
 
   has_noise = "is_noisy" in train_ds

@@ -7,7 +7,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from reweight import parallel
 from reweight.base import Weighting
 from reweight.reparam._core import Reparam
 
@@ -58,6 +60,31 @@ def create(params: PyTree, optimizer: optax.GradientTransformation, weighting: W
       weighting_state=weighting.init(weighting_key),
       rng=key,
   )
+
+
+def place(state: TrainState, mesh: Mesh, axis: str = "fsdp") -> TrainState:
+  """Places a state on ``mesh``: params, optimizer, weighting and reparam state on ``axis``.
+
+  ``trainable``, ``frozen``, ``opt_state`` and ``weighting_state`` go through
+  `reweight.parallel.shard_params` (each leaf split on ``axis`` along its largest divisible
+  dimension, so an optimizer moment has the layout of its parameter); ``step`` and ``rng``
+  are replicated. On a mesh without ``axis`` everything is replicated.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, reweight
+    >>> from reweight import parallel
+    >>> from reweight.train.state import create, place
+    >>> mesh = parallel.make_mesh_from_spec("data:1,fsdp:1")
+    >>> s = place(create({"w": jnp.zeros((4, 2))}, optax.adam(0.1), reweight.uniform(),
+    ...                  jax.random.key(0)), mesh)
+    >>> s.trainable["w"].sharding.mesh.axis_names
+    ('data', 'fsdp')
+  """
+  shard = lambda tree: parallel.shard_params(tree, mesh, axis)
+  return TrainState(step=parallel.replicate(state.step, mesh), trainable=shard(state.trainable),
+                    frozen=shard(state.frozen), opt_state=shard(state.opt_state),
+                    weighting_state=shard(state.weighting_state),
+                    rng=parallel.replicate(state.rng, mesh))
 
 
 def params_of(state: TrainState, reparam: Reparam | None = None) -> PyTree:
