@@ -41,7 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from reweight.base import ScalarOrSchedule, Weighting, normalize, resolve, valid_mask
-from reweight.group.policy import check_groups, check_num_groups, check_probs, group_sums
+from reweight.group.policy import (
+  check_groups,
+  check_num_groups,
+  check_probs,
+  group_sums,
+  in_range,
+)
 from reweight.parallel import AxisName
 
 
@@ -125,8 +131,8 @@ def doremi(num_groups: int, step_size: ScalarOrSchedule = 1.0, smoothing: float 
     alpha = (1.0 - smoothing) * alpha + smoothing / k
     n = state.count.astype(jnp.float32) + 1.0
     avg = state.avg_probs + (alpha - state.avg_probs) / n
-    inside = valid & (groups >= 0) & (groups < k)
-    weights = normalize(alpha[jnp.where(inside, groups, 0)], inside, axis_name)
+    inside, ids = in_range(groups, valid, k)
+    weights = normalize(alpha[ids], inside, axis_name)
     return weights, DoReMiState(alpha, avg, lam, state.count + 1)
 
   return Weighting(init, update)

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reweight.base import ScalarOrSchedule, Weighting, normalize, resolve, valid_mask
-from reweight.group.policy import check_groups, check_num_groups, group_sums
+from reweight.group.policy import check_groups, check_num_groups, group_sums, in_range
 from reweight.parallel import AxisName
 
 
@@ -126,8 +126,7 @@ def group_dro(num_groups: int, step_size: ScalarOrSchedule = 0.01, *, adjustment
     eta = resolve(step_size, state.count if step is None else step, "step_size")
     logits = jnp.log(state.probs) + eta * (group_loss + adjust)
     probs = jax.nn.softmax(logits)
-    inside = valid & (groups >= 0) & (groups < g)
-    ids = jnp.where(inside, groups, 0)
+    inside, ids = in_range(groups, valid, g)
     raw = probs[ids] / jnp.maximum(counts[ids], 1.0)
     weights = normalize(raw, inside, axis_name)
     return weights, GroupDROState(probs, group_loss, state.count + 1)

@@ -122,14 +122,20 @@ def check_groups(groups, num_groups: int, shape=None) -> Array:
   return groups
 
 
+def in_range(groups: Array, valid: Array, num_groups: int) -> tuple[Array, Array]:
+  """``(inside, ids)``: the valid examples whose id is in ``[0, num_groups)``, and the ids
+  with every other example's set to 0 (safe to index with; mask with ``inside``)."""
+  inside = valid & (groups >= 0) & (groups < num_groups)
+  return inside, jnp.where(inside, groups, 0)
+
+
 def group_sums(values: Array, groups: Array, valid: Array, num_groups: int,
                axis_name: AxisName = None) -> tuple[Array, Array]:
   """Per-group ``(sum of values, count)`` over the valid examples of the global batch.
 
   Examples whose id is outside ``[0, num_groups)`` count nowhere.
   """
-  inside = valid & (groups >= 0) & (groups < num_groups)
-  ids = jnp.where(inside, groups, 0)
+  inside, ids = in_range(groups, valid, num_groups)
   sums = parallel.segment_sum(jnp.where(inside, values, 0.0).astype(jnp.float32), ids,
                               num_groups, axis_name)
   counts = parallel.segment_sum(inside.astype(jnp.float32), ids, num_groups, axis_name)
