@@ -66,7 +66,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import reweight  # noqa: E402
 from reweight.data import corruptions, datasets, pipeline, samplers  # noqa: E402
-from reweight.train import report  # noqa: E402
+from reweight.train import experiment, report  # noqa: E402
 from reweight.train.models import functional, make_model  # noqa: E402
 from reweight.train.state import create  # noqa: E402
 from reweight.train.step import classification_loss, make_train_step  # noqa: E402
@@ -135,13 +135,10 @@ def group_accuracy(pred: np.ndarray, ds: Mapping[str, np.ndarray]) -> np.ndarray
 
 def make_weighting(spec: Mapping[str, Any]) -> reweight.Weighting:
   """``"uniform"`` or a group weighting of `reweight.group` over the four groups."""
-  name, kwargs = spec["weighting"], dict(spec.get("weighting_kwargs", {}))
-  if name == "uniform":
-    return reweight.uniform()
-  if name not in reweight.group.WEIGHTINGS:
-    raise ValueError(f"weighting={name!r} is not one of "
-                     f"{['uniform', *reweight.group.WEIGHTINGS]}")
-  return getattr(reweight.group, name)(NUM_GROUPS, **kwargs)
+  kwargs = dict(spec.get("weighting_kwargs", {}))
+  if spec["weighting"] in reweight.group.WEIGHTINGS:
+    kwargs["num_groups"] = NUM_GROUPS
+  return experiment.make_weighting(spec["weighting"], **kwargs)
 
 
 def make_optimizer(config: ml_collections.ConfigDict,

@@ -36,13 +36,15 @@ from reweight.train.step import classification_loss, make_eval_step, make_train_
 
 
 def make_weighting(name: str, **kwargs) -> reweight.Weighting:
-  """A weighting by name: ``"uniform"`` or a constructor of `reweight.sample`."""
+  """A weighting by name: ``"uniform"``, a constructor of `reweight.sample`, or a group
+  weighting of `reweight.group` (which takes ``num_groups``)."""
   if name == "uniform":
     return reweight.uniform(**kwargs)
-  if name not in reweight.sample.WEIGHTINGS:
-    raise ValueError(f"weighting={name!r} is not one of "
-                     f"{['uniform', *reweight.sample.WEIGHTINGS]}")
-  return getattr(reweight.sample, name)(**kwargs)
+  for module in (reweight.sample, reweight.group):
+    if name in module.WEIGHTINGS:
+      return getattr(module, name)(**kwargs)
+  raise ValueError(f"weighting={name!r} is not one of "
+                   f"{['uniform', *reweight.sample.WEIGHTINGS, *reweight.group.WEIGHTINGS]}")
 
 
 def resolve_data_kwargs(kwargs: Mapping[str, Any], train: Mapping[str, np.ndarray],
