@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reweight import parallel
 from reweight.parallel import AxisName
@@ -123,6 +124,27 @@ def resolve(value: ScalarOrSchedule, step: Array | None, name: str = "hyperparam
           f"{name} is a schedule but no step is available; pass step= to update()")
     return value(step)
   return value
+
+
+def check_hyperparameter(value: ScalarOrSchedule, name: str, *, allow_zero: bool = True
+                         ) -> None:
+  """A ValueError naming ``value`` unless it is a schedule or a finite number ``>= 0``
+  (``> 0`` without ``allow_zero``).
+
+  Examples:
+    >>> check_hyperparameter(0.5, "step_size")
+    >>> check_hyperparameter(0.0, "step_size", allow_zero=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: step_size=0.0 must be a positive float (or a schedule step -> step_size)
+  """
+  if callable(value):
+    return
+  if not np.isfinite(value):
+    raise ValueError(f"{name}={value!r} must be finite (or a schedule step -> {name})")
+  if not (value >= 0 if allow_zero else value > 0):
+    bound = "a non-negative" if allow_zero else "a positive"
+    raise ValueError(f"{name}={value!r} must be {bound} float (or a schedule step -> {name})")
 
 
 def current_step(state_count: Array, step: Array | None) -> Array:

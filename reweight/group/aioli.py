@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from reweight.base import ScalarOrSchedule, current_step, resolve
+from reweight.base import ScalarOrSchedule, check_hyperparameter, current_step, resolve
 from reweight.group.policy import MixturePolicy, check_num_groups
 
 Array = jax.Array
@@ -205,8 +205,7 @@ def aioli(num_groups: int, step_size: ScalarOrSchedule = 0.2, *, lp_rounds: int 
   """
   g = check_num_groups(num_groups)
   _check_smoothing(g, smoothing)
-  if not callable(step_size) and not step_size > 0:
-    raise ValueError(f"step_size={step_size!r} must be a positive float (or a schedule)")
+  check_hyperparameter(step_size, "step_size", allow_zero=False)
   if isinstance(lp_rounds, bool) or int(lp_rounds) != lp_rounds or lp_rounds < 1:
     raise ValueError(f"lp_rounds={lp_rounds!r} must be an int >= 1")
   if ema is not None and not 0.0 <= ema < 1.0:

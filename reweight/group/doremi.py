@@ -40,7 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reweight.base import ScalarOrSchedule, Weighting, normalize, resolve, valid_mask
+from reweight.base import (
+  ScalarOrSchedule,
+  Weighting,
+  check_hyperparameter,
+  normalize,
+  resolve,
+  valid_mask,
+)
 from reweight.group.policy import (
   check_groups,
   check_num_groups,
@@ -99,8 +106,7 @@ def doremi(num_groups: int, step_size: ScalarOrSchedule = 1.0, smoothing: float 
     NeurIPS 2023.
   """
   k = check_num_groups(num_groups)
-  if not callable(step_size) and not (np.isfinite(step_size) and step_size >= 0):
-    raise ValueError(f"step_size={step_size!r} must be a non-negative float or a schedule")
+  check_hyperparameter(step_size, "step_size")
   if not (np.isscalar(smoothing) and 0.0 <= smoothing <= 1.0):
     raise ValueError(f"smoothing={smoothing!r} must be a number in [0, 1]")
   alpha0 = np.full(k, 1.0 / k) if init_probs is None else check_probs(init_probs, k,

@@ -44,7 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reweight.base import ScalarOrSchedule, Weighting, normalize, resolve, valid_mask
+from reweight.base import (
+  ScalarOrSchedule,
+  Weighting,
+  check_hyperparameter,
+  normalize,
+  resolve,
+  valid_mask,
+)
 from reweight.group.policy import check_groups, check_num_groups, group_sums, in_range
 from reweight.parallel import AxisName
 
@@ -95,8 +102,7 @@ def group_dro(num_groups: int, step_size: ScalarOrSchedule = 0.01, *, adjustment
     Shifts: On the Importance of Regularization for Worst-Case Generalization", ICLR 2020.
   """
   g = check_num_groups(num_groups)
-  if not callable(step_size) and not (np.isfinite(step_size) and step_size >= 0):
-    raise ValueError(f"step_size={step_size!r} must be a non-negative float or a schedule")
+  check_hyperparameter(step_size, "step_size")
   if adjustment is None:
     adjust = jnp.zeros(g, jnp.float32)
   else:

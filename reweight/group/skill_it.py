@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reweight.base import ScalarOrSchedule, current_step, resolve
+from reweight.base import ScalarOrSchedule, check_hyperparameter, current_step, resolve
 from reweight.group.policy import MixturePolicy
 
 Array = jax.Array
@@ -99,8 +99,7 @@ def skill_it(graph, step_size: ScalarOrSchedule = 0.5, window: int = 3) -> Mixtu
   """
   a = check_graph(graph)
   k = a.shape[0]
-  if not callable(step_size) and not step_size > 0:
-    raise ValueError(f"step_size={step_size!r} must be a positive float (or a schedule)")
+  check_hyperparameter(step_size, "step_size", allow_zero=False)
   if isinstance(window, bool) or int(window) != window or window < 1:
     raise ValueError(f"window={window!r} must be an int >= 1")
   window = int(window)

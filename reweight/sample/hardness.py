@@ -20,8 +20,6 @@ table by ``example_ids``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +28,7 @@ from reweight.base import (
   CountState,
   ScalarOrSchedule,
   Weighting,
+  check_hyperparameter,
   current_step,
   normalize,
   resolve,
@@ -48,15 +47,6 @@ _FOCAL_EXTRAS_MESSAGE = (
 def _count_state(key=None) -> CountState:
   del key
   return CountState(jnp.zeros([], jnp.int32))
-
-
-def _check_hyperparameter(value: Any, name: str, *, allow_zero: bool = True) -> None:
-  if callable(value):
-    return
-  ok = value >= 0 if allow_zero else value > 0
-  if not ok:
-    bound = "a non-negative" if allow_zero else "a positive"
-    raise ValueError(f"{name}={value!r} must be {bound} float (or a schedule step -> {name})")
 
 
 def log_p_true(logits: Array, labels: Array) -> Array:
@@ -134,7 +124,7 @@ def focal_weights(gamma: ScalarOrSchedule = 2.0, *, axis_name: AxisName = None) 
   References:
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
   """
-  _check_hyperparameter(gamma, "gamma")
+  check_hyperparameter(gamma, "gamma")
 
   def update(losses, state, *, mask=None, step=None, logits=None, labels=None, **extras):
     del extras
