@@ -44,6 +44,19 @@ from reweight import parallel
 MODES = ("single", "jit_sharded", "shard_map", "pmap")
 
 
+def _check_modes(modes: Sequence[str]) -> None:
+  for m in modes:
+    if m not in MODES:
+      raise ValueError(f"mode {m!r} is not one of {MODES}")
+
+
+def _pack(arrays: Mapping[str, Any], prefix: str, tree: Any) -> dict[str, np.ndarray]:
+  """``arrays`` and the leaves of ``tree`` (as ``prefix/i``), as numpy, for comparison."""
+  res = {k: np.asarray(v) for k, v in arrays.items()}
+  res.update({f"{prefix}/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(tree))})
+  return res
+
+
 def _steps(make_weighting, axis_name, static, steps):
   weighting = make_weighting(axis_name=axis_name)
 
@@ -81,9 +94,7 @@ def layouts(make_weighting: Callable[..., Any], losses, *, mask=None,
   Returns:
     ``{mode: {"weights": [steps, B], "state/0": ..., ...}}`` as numpy arrays.
   """
-  for m in modes:
-    if m not in MODES:
-      raise ValueError(f"mode {m!r} is not one of {MODES}")
+  _check_modes(modes)
   losses = jnp.asarray(losses, jnp.float32)
   mask = jnp.ones(losses.shape, bool) if mask is None else jnp.asarray(mask, bool)
   per_example = dict(per_example or {})
@@ -93,10 +104,7 @@ def layouts(make_weighting: Callable[..., Any], losses, *, mask=None,
   out = {}
 
   def pack(weights, state):
-    leaves = jax.tree.leaves(state)
-    res = {"weights": np.asarray(weights)}
-    res.update({f"state/{i}": np.asarray(x) for i, x in enumerate(leaves)})
-    return res
+    return _pack({"weights": weights}, "state", state)
 
   args = (losses, mask, per_example, replicated)
   if "single" in modes:
@@ -161,9 +169,7 @@ def gradient_layouts(make_weighting: Callable[..., Any], per_example_loss_fn: Ca
   out = {}
 
   def pack(loss, grads, weights):
-    res = {"loss": np.asarray(loss), "weights": np.asarray(weights)}
-    res.update({f"grad/{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))})
-    return res
+    return _pack({"loss": loss, "weights": weights}, "grad", grads)
 
   def global_step(params, batch, kw, state):
     fn = weighted(per_example_loss_fn, make_weighting(axis_name=None))
@@ -229,9 +235,7 @@ def loss_layouts(make_loss: Callable[..., Callable], params, batch: Mapping[str,
     return loss, jax.lax.psum(g, "data"), per_example
 
   def pack(loss, grads, per_example):
-    res = {"loss": np.asarray(loss), "per_example": np.asarray(per_example)}
-    res.update({f"grad/{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))})
-    return res
+    return _pack({"loss": loss, "per_example": per_example}, "grad", grads)
 
   out = {}
   if "single" in modes:
@@ -347,9 +351,7 @@ def policy_layouts(make_policy: Callable[[], Any], inputs_per_step: Sequence[Map
     >>> out["single"]["probs"].shape, testing.max_difference(out, "single", "shard_map")
     ((2, 2), 0.0)
   """
-  for m in modes:
-    if m not in MODES:
-      raise ValueError(f"mode {m!r} is not one of {MODES}")
+  _check_modes(modes)
   if not inputs_per_step:
     raise ValueError("inputs_per_step must hold at least one step's inputs")
   keys = set(inputs_per_step[0])
@@ -370,9 +372,7 @@ def policy_layouts(make_policy: Callable[[], Any], inputs_per_step: Sequence[Map
     return jnp.stack(probs), state
 
   def pack(probs, state):
-    res = {"probs": np.asarray(probs)}
-    res.update({f"state/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))})
-    return res
+    return _pack({"probs": probs}, "state", state)
 
   out = {}
   if "single" in modes:
