@@ -375,16 +375,6 @@ def method_table(setup: Setup) -> dict:
 # ----------------------------------------------------------------------- run bookkeeping
 
 
-def save_params(path: str, params) -> None:
-  np.savez(path, *[np.asarray(x) for x in jax.tree.leaves(params)])
-
-
-def load_params(path: str, like):
-  with np.load(path) as f:
-    leaves = [jnp.asarray(f[f"arr_{i}"]) for i in range(len(f.files))]
-  return jax.tree.unflatten(jax.tree.structure(like), leaves)
-
-
 def finish_run(setup: Setup, run_dir: str, state, out: dict, **meta) -> dict:
   """Tests the final model once, saves ``result.json`` and ``params.npz``."""
   test = np.asarray(setup.domain_losses(state.trainable, setup.test), np.float64)
@@ -399,7 +389,7 @@ def finish_run(setup: Setup, run_dir: str, state, out: dict, **meta) -> dict:
     if key in result:
       result[key] = np.asarray(result[key]).tolist()
   os.makedirs(run_dir, exist_ok=True)
-  save_params(os.path.join(run_dir, "params.npz"), state.trainable)
+  report.save_params(os.path.join(run_dir, "params.npz"), state.trainable)
   report.write_json(os.path.join(run_dir, "result.json"), result)
   return result
 
@@ -659,7 +649,7 @@ def run_mixing(setup: Setup, workdir: str, progress: bool) -> dict[str, list[dic
       bar.set_description(f"{method}/seed{seed}")
       start = time.time()
       if method == "doremi":
-        ref = load_params(os.path.join(workdir, "runs", "stratified", f"seed{seed}",
+        ref = report.load_params(os.path.join(workdir, "runs", "stratified", f"seed{seed}",
                                        "params.npz"), setup.init_params(0))
         state, out = run_doremi(setup, seed, bar, ref)
       else:

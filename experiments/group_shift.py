@@ -66,6 +66,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import reweight  # noqa: E402
 from reweight.data import corruptions, datasets, pipeline, samplers  # noqa: E402
+from reweight.reparam._core import flatten_with_paths, unflatten_like  # noqa: E402
 from reweight.train import experiment, report  # noqa: E402
 from reweight.train.models import functional, make_model  # noqa: E402
 from reweight.train.state import create  # noqa: E402
@@ -148,18 +149,6 @@ def make_optimizer(config: ml_collections.ConfigDict,
                      optax.sgd(config.learning_rate, momentum=config.momentum))
 
 
-def flatten_params(params) -> dict[str, np.ndarray]:
-  """``{"hidden/0/kernel": array, ...}``: the parameters with '/'-joined paths."""
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {"/".join(str(k.key) for k in path): np.asarray(v) for path, v in leaves}
-
-
-def unflatten_params(flat: Mapping[str, np.ndarray], like):
-  """The inverse of `flatten_params`, with the structure of ``like``."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: jnp.asarray(flat["/".join(str(k.key) for k in path)]), like)
-
-
 # ------------------------------------------------------------------------------ training
 
 
@@ -195,7 +184,7 @@ def train_run(config, data, fn, train_step, optimizer, weighting, predict, seed:
     key = (record["val_worst_group_accuracy"], record["val_accuracy"])
     if best_key is None or key > best_key:
       best_key, best_step = key, step + 1
-      best_params = flatten_params(jax.device_get(state.trainable))
+      best_params = flatten_with_paths(jax.device_get(state.trainable))
   return curve, best_step, best_params
 
 
@@ -463,7 +452,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
         saved = report.read_json(os.path.join(run_dir(workdir, method, wd, seed), "result.json"))
         assert saved["best_step"] == step, (saved["best_step"], step)
         with np.load(os.path.join(run_dir(workdir, method, wd, seed), "params.npz")) as f:
-          params = unflatten_params(dict(f), fn.params)
+          params = unflatten_like(fn.params, dict(f))
         record = next(r for r in saved["curve"] if r["step"] == step)
         out = {"method": method, "seed": seed, "weight_decay": wd, "step": step,
                "val_worst_group_accuracy": record["val_worst_group_accuracy"],

@@ -60,9 +60,9 @@ from reweight.data.pipeline import take
 from reweight.optim.adalora_budget import AdaLoraBudgetState, adalora_budget
 from reweight.optim.sparse_mask import LiftState, lift
 from reweight.reparam import Reparam, adalora, bone, dora, lora, orthogonal_penalty, tree_bytes
-from reweight.reparam._core import flatten_with_paths, replace_at, select, unflatten_like
+from reweight.reparam._core import flatten_with_paths, replace_at, select
 from reweight.reparam.eva import collect_inputs, eva
-from reweight.train import loop
+from reweight.train import loop, report
 from reweight.train import state as state_lib
 from reweight.train.models import functional, make_model
 from reweight.train.step import classification_loss, make_eval_step, make_train_step
@@ -249,18 +249,6 @@ def count_parameters(kind: str, state: state_lib.TrainState, params: PyTree,
 # --------------------------------------------------------------------------------------
 
 
-def _save_params(path: str, params: PyTree) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **{k: np.asarray(v) for k, v in flatten_with_paths(params).items()})
-  os.replace(tmp, path)
-
-
-def _load_params(path: str, like: PyTree) -> PyTree:
-  with np.load(path) as f:
-    return unflatten_like(like, {k: f[k] for k in f.files})
-
-
 def accuracy(apply_fn, params: PyTree, ds: Mapping[str, np.ndarray]) -> float:
   """Test accuracy of ``apply_fn(params, x)`` on a whole split (one batch)."""
   logits = apply_fn(params, jnp.asarray(ds["x"]))
@@ -295,7 +283,7 @@ class Experiment:
     info_path = path[:-4] + ".json"
     if os.path.exists(path) and os.path.exists(info_path):
       with open(info_path) as f:
-        return _load_params(path, self.template.params), json.load(f)
+        return report.load_params(path, self.template.params), json.load(f)
     fn = self.model(seed)
     result = loop.train(
         apply_fn=fn.apply, params=fn.params, per_example_loss=self.per_example,
@@ -307,7 +295,7 @@ class Experiment:
         desc=f"pretrain/seed{seed}")
     params = jax.tree.map(np.asarray, jax.device_get(result.state.trainable))
     info = {"task_a_accuracy": accuracy(self.apply, params, self.data["test_a"])}
-    _save_params(path, params)
+    report.save_params(path, params)
     with open(info_path, "w") as f:
       json.dump(info, f)
     return params, info

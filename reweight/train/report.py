@@ -1,5 +1,5 @@
 """What an experiment's report needs: sample statistics over seeds, paired comparisons with
-their verdict sentence, and result files that are either whole or absent.
+their verdict sentence, and result files (JSON, parameters) that are either whole or absent.
 
 The conventions of every table in ``experiments/README.md``: "±" is the sample standard
 deviation (``ddof=1``) with n stated; "A beats B" only when the paired 95% t-interval of the
@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from reweight.reparam._core import flatten_with_paths, unflatten_like
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -84,3 +86,17 @@ def write_json(path: str, obj: Any) -> None:
   with open(tmp, "w") as f:
     json.dump(obj, f)
   os.replace(tmp, path)
+
+
+def save_params(path: str, params: Any) -> None:
+  """Writes a parameter pytree as ``.npz`` keyed by its '/'-joined paths, whole or absent."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **{k: np.asarray(v) for k, v in flatten_with_paths(params).items()})
+  os.replace(tmp, path)
+
+
+def load_params(path: str, like: Any) -> Any:
+  """The parameters `save_params` wrote, in the structure of ``like``."""
+  with np.load(path) as f:
+    return unflatten_like(like, {k: f[k] for k in f.files})

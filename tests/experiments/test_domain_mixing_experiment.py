@@ -3,12 +3,12 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from configs import domain_mixing as config_lib
 from experiments import domain_mixing as exp
+from reweight.train import report
 from reweight.train.models import functional, make_model
 from tests.experiments.experiment_checks import table_row
 
@@ -39,9 +39,7 @@ def _test_losses_numpy(run_dir, c, test):
   """Per-domain mean of the per-sequence token cross-entropy of the saved parameters: the
   model's logits, then a float64 log-softmax and the domain means in NumPy."""
   fn = functional(make_model("transformer", seed=0, vocab_size=256, **c.model_kwargs))
-  with np.load(os.path.join(run_dir, "params.npz")) as f:
-    leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
-  params = jax.tree.unflatten(jax.tree.structure(fn.params), leaves)
+  params = report.load_params(os.path.join(run_dir, "params.npz"), fn.params)
   logits = np.asarray(fn.apply(params, test["x"]), np.float64)
   logp = logits - logits.max(-1, keepdims=True)
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
