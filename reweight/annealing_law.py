@@ -33,8 +33,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import scipy.optimize
-import scipy.signal
+
+# scipy (about 0.7 s to import) is imported inside `areas` and `fit`, on first use, so that
+# ``import reweight`` does not pay for it.
 
 
 class AnnealingLawParams(NamedTuple):
@@ -82,6 +83,8 @@ def areas(lrs, lam: float = 0.999, warmup_steps: int = 0) -> tuple[np.ndarray, n
   """
   if not 0.0 <= lam < 1.0:
     raise ValueError(f"lam={lam!r} must be in [0, 1)")
+  import scipy.signal  # deferred: see the imports at the top
+
   eta = _lrs_array(lrs, warmup_steps)
   d = np.zeros_like(eta)
   d[1:] = eta[:-1] - eta[1:]
@@ -148,6 +151,8 @@ def fit(steps, losses, lrs, lam: float = 0.999, warmup_steps: int = 0,
   """
   if huber_delta <= 0:
     raise ValueError(f"huber_delta={huber_delta!r} must be > 0")
+  import scipy.optimize  # deferred: see the imports at the top
+
   steps_l, losses_l, lrs_l = _curves(steps, losses, lrs)
   s1_all, s2_all, y_all = [], [], []
   for st, lo, lr in zip(steps_l, losses_l, lrs_l, strict=True):

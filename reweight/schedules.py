@@ -32,9 +32,11 @@ from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 
 from reweight import annealing_law  # noqa: F401  (re-exported: `schedules.annealing_law`)
+
+# scipy.ndimage is imported inside `refined_values`, on first use, so that
+# ``import reweight`` does not pay for scipy.
 
 Schedule = Callable[..., jnp.ndarray]
 
@@ -626,6 +628,8 @@ def refined_values(grad_norms, norm: str = "l2", median_fraction: float = 0.1
     raise ValueError("grad_norms must be finite and positive")
   width = max(1, int(round(median_fraction * g.shape[0])))
   if width > 1:
+    import scipy.ndimage  # deferred: see the imports at the top
+
     g = scipy.ndimage.median_filter(g, size=width, mode="nearest")
   w = g ** (-2.0 if norm == "l2" else -1.0)
   tail = np.cumsum(w[::-1])[::-1]  # tail[t] = sum_{p >= t} w_p

@@ -16,6 +16,8 @@
   ``mask``), `take`, `batch_dataset`.
 """
 
+import importlib
+
 from reweight.data.corruptions import (
     NOISE_KINDS,
     class_imbalance,
@@ -24,8 +26,6 @@ from reweight.data.corruptions import (
     split_meta,
     spurious_marker,
 )
-from reweight.data.datasets import DATASETS, builder, load, num_classes
-from reweight.data.digits import Digits
 from reweight.data.domain_text import (
     DomainCorpus,
     domain_corpus,
@@ -33,7 +33,6 @@ from reweight.data.domain_text import (
     domain_lm_batch,
     domain_stats,
 )
-from reweight.data.mnist1d import Mnist1d
 from reweight.data.online_mixture import (
     OnlineMixtureSampler,
     OnlineMixtureState,
@@ -54,6 +53,33 @@ from reweight.data.samplers import (
     random_subset_per_epoch,
 )
 from reweight.data.text import TextCorpus, eval_windows, lm_batch, stdlib_corpus
+
+# The datasets import tensorflow_datasets (about 0.3 s), so they are loaded on first access
+# (PEP 562): ``reweight.data.load``, ``from reweight.data import Digits`` and
+# ``reweight.data.datasets`` work as before, but ``import reweight.data`` (and the trainer,
+# which needs only the pipeline) does not import tensorflow_datasets.
+_LAZY = {
+    "DATASETS": "datasets", "builder": "datasets", "load": "datasets",
+    "num_classes": "datasets", "Digits": "digits", "Mnist1d": "mnist1d",
+}
+_LAZY_MODULES = ("_builder", "datasets", "digits", "mnist1d")
+
+
+def __getattr__(name: str):
+  """Imports the TFDS-backed names and submodules of `reweight.data` on first access."""
+  if name in _LAZY:
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+  elif name in _LAZY_MODULES:
+    value = importlib.import_module(f"{__name__}.{name}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))
+
 
 __all__ = [
     "TextCorpus", "eval_windows", "lm_batch", "stdlib_corpus",

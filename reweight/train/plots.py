@@ -1,15 +1,28 @@
-"""Matplotlib figures written at the end of an experiment."""
+"""Matplotlib figures written at the end of an experiment.
+
+Matplotlib (about 0.4 s to import) is imported by the first figure, not by this module, so
+that importing the trainer does not pay for it; it then uses the non-interactive ``Agg``
+backend.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+@functools.cache
+def _pyplot():
+  """``matplotlib.pyplot`` on the ``Agg`` backend, imported on first use."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
 
 
 def _stack(histories: Sequence[list[dict]], key: str):
@@ -23,7 +36,7 @@ def _panel_grid(n: int, max_cols: int, width: float, height: float):
   """A figure with ``n`` panels of ``width x height`` inches, at most ``max_cols`` a row."""
   cols = min(max_cols, n)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+  fig, axes = _pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis("off")
   return fig, axes
@@ -34,7 +47,7 @@ def _save(fig, path: str) -> str:
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _pyplot().close(fig)
   return path
 
 def curve_data(runs: Mapping[str, Sequence[list[dict]]], key: str):
@@ -55,6 +68,7 @@ def curves(runs: Mapping[str, Sequence[list[dict]]], path: str,
     runs: ``{method: [history_seed0, history_seed1, ...]}``.
     path: the PNG to write.
   """
+  plt = _pyplot()
   fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
   colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10").colors
   for ax in axes[0]:
@@ -105,7 +119,7 @@ def proportions(trajectories: Mapping[str, tuple[Sequence[float], np.ndarray]], 
     probs = np.asarray(probs, float)
     names = group_names or [f"group {g}" for g in range(probs.shape[1])]
     ax.stackplot(np.asarray(steps, float), probs.T, labels=names, alpha=0.85,
-                 colors=plt.get_cmap("tab10").colors)
+                 colors=_pyplot().get_cmap("tab10").colors)
     ax.set_ylim(0, 1)
     ax.set_title(method, fontsize=9)
     ax.set_xlabel("step")
