@@ -219,6 +219,28 @@ def psum_partials(tree: Any, axis_name: AxisName, typed: bool) -> Any:
   return jax.tree.map(one, tree)
 
 
+def initialize_processes(coordinator_address: str, num_processes: int | None,
+                         process_id: int | None) -> None:
+  """Joins this process to a multi-process JAX job (`jax.distributed.initialize`).
+
+  Call it first, before anything touches a device. CPU devices get gloo collectives
+  (``jax_cpu_collectives_implementation``), without which a CPU computation cannot span
+  processes; accelerators keep their own.
+
+  Raises:
+    ValueError: naming the bad or missing ``num_processes`` / ``process_id``.
+  """
+  if num_processes is None or process_id is None:
+    raise ValueError(f"coordinator_address={coordinator_address!r} needs num_processes and "
+                     f"process_id too; got num_processes={num_processes}, "
+                     f"process_id={process_id}")
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id={process_id} must be in [0, num_processes) with "
+                     f"num_processes={num_processes} >= 1")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
 def make_mesh(num_devices: int | None = None, axis_name: str = "data",
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D data-parallel `Mesh` over ``num_devices`` devices (all by default).
@@ -372,9 +394,10 @@ def batch_sharding(mesh: Mesh, axis_name: str | tuple[str, ...] | None = None) -
 def shard_batch(batch: Any, mesh: Mesh, axis_name: str | tuple[str, ...] | None = None) -> Any:
   """Global arrays, sharded on the batch dimension, from this process's host data.
 
-  Uses `jax.make_array_from_process_local_data`, so the same call works on one host and on
-  many (each host passes its own slice of the global batch). ``axis_name=None``: the mesh's
-  `batch_axes`.
+  The same call works on one host and on many: each process passes its own rows of the
+  global batch (`process_rows`), which `jax.make_array_from_process_local_data` assembles
+  into global arrays; on one process the whole tree goes in one `jax.device_put`.
+  ``axis_name=None``: the mesh's `batch_axes`.
 
   Raises:
     ValueError: if a leaf's leading dimension is not divisible by the number of batch shards
@@ -385,15 +408,84 @@ def shard_batch(batch: Any, mesh: Mesh, axis_name: str | tuple[str, ...] | None 
                                                              else axis_name)]))
   n_local = max(n_shards * len(mesh.local_devices) // mesh.size, 1)
 
-  def put(x):
+  def check(x):
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[0] % n_local:
       raise ValueError(
           f"cannot shard an array of shape {x.shape} over {n_local} local devices: the "
           f"leading (batch) dimension must be divisible by {n_local}")
-    return jax.make_array_from_process_local_data(sharding, x)
+    return x
 
-  return jax.tree.map(put, batch)
+  batch = jax.tree.map(check, batch)
+  if mesh.is_multi_process:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  return jax.device_put(batch, sharding)  # one call for the whole tree: the local data is all
+
+
+def process_rows(mesh: Mesh, global_batch_size: int,
+                 axis_name: str | tuple[str, ...] | None = None) -> slice:
+  """The rows ``[start, stop)`` of a global batch that this process's devices hold.
+
+  With the batch split over ``axis_name`` (default: the mesh's `batch_axes`), each process
+  reads only these rows of every global batch and passes them to `shard_batch`; on one
+  process it is the whole batch. The rows of a process are contiguous when its devices are
+  (as `jax.make_mesh` orders them).
+
+  Raises:
+    ValueError: if ``global_batch_size`` does not divide over the batch shards, or this
+      process's rows are not one contiguous block.
+
+  Examples:
+    >>> from reweight import parallel
+    >>> parallel.process_rows(parallel.make_mesh(1), 8)
+    slice(0, 8, None)
+  """
+  sharding = batch_sharding(mesh, axis_name)
+  shards = int(np.prod([mesh.shape[a] for a in axis_tuple(sharding.spec[0])]))
+  if global_batch_size % shards:
+    raise ValueError(f"a global batch of {global_batch_size} rows cannot be split over the "
+                     f"{shards} batch shards of the mesh {dict(mesh.shape)}: make it a "
+                     f"multiple of {shards}")
+  index = sharding.addressable_devices_indices_map((global_batch_size,))
+  blocks = sorted({(s[0].start or 0, global_batch_size if s[0].stop is None else s[0].stop)
+                   for s in index.values()})
+  start, stop = blocks[0][0], blocks[-1][1]
+  if sum(b - a for a, b in blocks) != stop - start:
+    raise ValueError(f"process {jax.process_index()} holds the non-contiguous rows {blocks} "
+                     f"of the batch on mesh {dict(mesh.shape)}; build the mesh with "
+                     "jax.make_mesh (or make_mesh_from_spec), which keeps each process's "
+                     "devices together")
+  return slice(start, stop)
+
+
+def to_host(tree: Any) -> Any:
+  """NumPy values of a pytree of (possibly multi-process) arrays, the same on every process.
+
+  Arrays this process holds entirely (every single-process array, and replicated ones) are
+  read locally; an array split across processes is all-gathered
+  (`jax.experimental.multihost_utils.process_allgather`), which every process must call
+  together.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from reweight import parallel
+    >>> parallel.to_host({"a": jnp.arange(3)})
+    {'a': array([0, 1, 2], dtype=int32)}
+  """
+  from jax.experimental import multihost_utils
+
+  leaves = jax.tree.leaves(tree)
+  if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
+    return jax.tree.map(np.asarray, jax.device_get(tree))  # all copies start at once
+
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(get, tree)
 
 
 def fsdp_spec(shape: Sequence[int], size: int, axis: str = "fsdp") -> P:

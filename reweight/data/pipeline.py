@@ -48,7 +48,7 @@ def take(ds: Dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
   return {k: np.asarray(v)[indices] for k, v in ds.items()}
 
 
-def batch_dataset(ds: Dataset, sampler: Sampler) -> grain.MapDataset:
+def batch_dataset(ds: Dataset, sampler: Sampler, rows: slice | None = None) -> grain.MapDataset:
   """A grain `MapDataset`: element t is the batch of step t, ``take(ds, sampler.indices(t))``.
 
   Examples:
@@ -62,17 +62,21 @@ def batch_dataset(ds: Dataset, sampler: Sampler) -> grain.MapDataset:
   Args:
     ds: dict of arrays with a common leading length.
     sampler: a `Sampler` (``indices`` must lie in ``[0, n)``).
+    rows: read only these rows of every global batch (this process's slice,
+      `reweight.parallel.process_rows`); None: all of them.
 
   Returns:
     A `grain.MapDataset` of length ``sys.maxsize`` (steps are unbounded).
   """
   _num_examples(ds)
   arrays = {k: np.asarray(v) for k, v in ds.items()}
-  return grain.MapDataset.range(sys.maxsize).map(lambda step: take(arrays, sampler.indices(step)))
+  rows = slice(None) if rows is None else rows
+  return grain.MapDataset.range(sys.maxsize).map(
+      lambda step: take(arrays, sampler.indices(step)[rows]))
 
 
 def sampler_iterator(
-    ds: Dataset, sampler: Sampler, *, start_step: int = 0
+    ds: Dataset, sampler: Sampler, *, start_step: int = 0, rows: slice | None = None
 ) -> grain.DatasetIterator:
   """A checkpointable iterator over ``batch_dataset(ds, sampler)`` starting at ``start_step``.
 
@@ -91,20 +95,22 @@ def sampler_iterator(
     ds: dict of arrays with a common leading length.
     sampler: a `Sampler`.
     start_step: step of the first batch.
+    rows: this process's rows of every global batch (see `batch_dataset`).
 
   Returns:
     A `grain.DatasetIterator` of batches (dicts of arrays with a leading batch dimension).
   """
   if int(start_step) != start_step or start_step < 0:
     raise ValueError(f"start_step={start_step!r} must be an int >= 0")
-  it = iter(batch_dataset(ds, sampler).to_iter_dataset(_READ_OPTIONS))
+  it = iter(batch_dataset(ds, sampler, rows).to_iter_dataset(_READ_OPTIONS))
   if start_step:
     it.set_state({"next_index": int(start_step)})
   return it
 
 
 def train_iterator(
-    ds: Dataset, batch_size: int, seed: int, *, drop_remainder: bool = True
+    ds: Dataset, batch_size: int, seed: int, *, drop_remainder: bool = True,
+    rows: slice | None = None
 ) -> grain.DatasetIterator:
   """Endless shuffled-epoch batches; each epoch is a fresh permutation fixed by ``(seed, epoch)``.
 
@@ -129,15 +135,19 @@ def train_iterator(
     batch_size: B (``<= n`` with ``drop_remainder``).
     seed: non-negative int.
     drop_remainder: skip each epoch's incomplete last batch (static shapes).
+    rows: read only these rows of every global batch of ``batch_size`` (this process's
+      slice on several hosts, `reweight.parallel.process_rows`); None: all of them.
 
   Returns:
     A `grain.DatasetIterator`.
   """
   n = _num_examples(ds)
-  return sampler_iterator(ds, epoch_sampler(n, batch_size, seed, drop_remainder=drop_remainder))
+  return sampler_iterator(ds, epoch_sampler(n, batch_size, seed, drop_remainder=drop_remainder),
+                          rows=rows)
 
 
-def eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(ds: Dataset, batch_size: int,
+                 rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Every example exactly once, in order, in batches of static size with a ``mask`` field.
 
   The last batch is padded with zeros (``False`` for bool fields) up to ``batch_size``;
@@ -154,10 +164,12 @@ def eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]
   Args:
     ds: dict of arrays with a common leading length n.
     batch_size: B.
+    rows: yield only these rows of every padded batch (this process's slice on several
+      hosts); None: all of them.
 
   Returns:
-    An iterator over ``ceil(n / B)`` dicts with the fields of ``ds`` (leading dimension B)
-    and ``mask``.
+    An iterator over ``ceil(n / B)`` dicts with the fields of ``ds`` (leading dimension B,
+    or the length of ``rows``) and ``mask``.
   """
   if int(batch_size) != batch_size or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
@@ -165,16 +177,16 @@ def eval_batches(ds: Dataset, batch_size: int) -> Iterator[dict[str, np.ndarray]
     raise ValueError(f"the dataset already has a 'mask' field; fields are {sorted(ds)}")
   n = _num_examples(ds)
   arrays = {k: np.asarray(v) for k, v in ds.items()}
-  return _padded_batches(arrays, n, int(batch_size))
+  return _padded_batches(arrays, n, int(batch_size), slice(None) if rows is None else rows)
 
 
-def _padded_batches(arrays, n, batch_size):
+def _padded_batches(arrays, n, batch_size, rows):
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
     batch = {}
     for k, v in arrays.items():
       padded = np.zeros((batch_size, *v.shape[1:]), dtype=v.dtype)
       padded[: stop - start] = v[start:stop]
-      batch[k] = padded
-    batch["mask"] = np.arange(batch_size) < stop - start
+      batch[k] = padded[rows]
+    batch["mask"] = (np.arange(batch_size) < stop - start)[rows]
     yield batch

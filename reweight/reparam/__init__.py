@@ -10,6 +10,7 @@ from reweight.reparam.adalora import adalora, orthogonal_penalty
 from reweight.reparam.bone import bone
 from reweight.reparam.compander import compand, compand_inverse, compander
 from reweight.reparam.eva import collect_inputs, eva, eva_fit, redistribute_ranks
+from reweight.reparam.factored import NotFactorableError, factored
 from reweight.reparam.lora import dora, lora
 from reweight.reparam.merge import init_train, merge, tree_bytes, unmerge
 from reweight.reparam.patches import (
@@ -22,6 +23,7 @@ from reweight.reparam.patches import (
 )
 
 __all__ = [
+    "NotFactorableError",
     "Reparam",
     "adalora",
     "apply_patches",
@@ -30,6 +32,7 @@ __all__ = [
     "compand_inverse",
     "eva",
     "eva_fit",
+    "factored",
     "patch",
     "redistribute_ranks",
     "bone",

@@ -74,7 +74,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def prepare_data(config: ml_collections.ConfigDict, seed: int):
-  """Train (corrupted as configured), meta (clean, from train) and test splits."""
+  """Train (corrupted as configured), meta (clean, from train) and test splits.
+
+  ``config.group_by="label"`` adds a ``group`` field, the (observed) class, for the group
+  weightings of `reweight.group` (e.g. Group DRO over classes).
+  """
   train = datasets.load(config.dataset, "train")
   test = datasets.load(config.dataset, "test")
   num_classes = datasets.num_classes(config.dataset)
@@ -87,6 +91,11 @@ def prepare_data(config: ml_collections.ConfigDict, seed: int):
   if config.noise_rate > 0:
     train = corruptions.label_noise(train, config.noise_kind, config.noise_rate, num_classes,
                                     seed=seed)
+  group_by = config.get("group_by", "")
+  if group_by:  # the groups a group weighting (reweight.group) reads
+    if group_by != "label":
+      raise ValueError(f"group_by={group_by!r} is not one of ['', 'label']")
+    train = dict(train, group=train["label"])
   return train, meta, test, num_classes
 
 
@@ -145,6 +154,18 @@ def _shared_eval_step(apply_fn, num_classes: int):
   return eval_step
 
 
+def _all_agree(flag: bool) -> bool:
+  """Process 0's ``flag``, on every process (itself on one process).
+
+  Whether a run is finished is read from process 0's files, so that all processes take the
+  same branch (and make the same collective calls) even when a file is still being written.
+  """
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
         preemption: loop.Preemption | None = None) -> dict:
   """Runs every method of ``config`` for every seed; writes the table and plots.
@@ -161,10 +182,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
       `loop.Preempted` raised (``reweight.main`` passes one).
 
   Returns:
-    ``{"summary": {method: {...}}, "table": str, "plots": [paths]}``.
+    ``{"summary": {method: {...}}, "table": str, "plots": [paths]}``. On several processes
+    all train every run; only process 0 writes the runs' results, table and plots (the
+    others return the same summary and table, and no plots).
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh_from_spec(config.get("mesh", ""))
+  writer = jax.process_index() == 0  # on several processes, only the first writes files
+  progress = progress and writer
   runs: dict[str, list] = {}
   finals: dict[str, list] = {}
   prepared: dict[int, tuple] = {}
@@ -181,7 +206,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
       for seed in config.seeds:
         run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
         done = os.path.join(run_dir, "result.json")
-        if os.path.exists(done):
+        if _all_agree(os.path.exists(done)):
           with open(done) as f:
             saved = json.load(f)
           runs[method].append(saved["history"])
@@ -217,10 +242,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
             checkpoint_every=config.checkpoint_every, loss_kwargs=loss_kwargs, mesh=mesh,
             progress=progress, desc=f"{method}/seed{seed}", train_step=train_step,
             eval_step=eval_step, preemption=preemption)
-        with open(done, "w") as f:
-          json.dump({"history": result.history,
-                     "final_weights": {k: v.tolist() for k, v in result.final_weights.items()}},
-                    f)
+        if writer:
+          with open(done, "w") as f:
+            json.dump({"history": result.history,
+                       "final_weights": {k: v.tolist()
+                                         for k, v in result.final_weights.items()}}, f)
         runs[method].append(result.history)
         finals[method].append(result.final_weights)
         outer.update()
@@ -229,6 +255,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
 
   summary = {m: summarize(runs[m], finals[m]) for m in methods}
   table = format_table(summary, config.noise_rate if config.noise_rate > 0 else None)
+  if not writer:
+    return {"summary": summary, "table": table, "plots": []}
   paths = [plots.curves(runs, os.path.join(workdir, "curves.png"))]
   merged = {m: {k: np.concatenate([fw[k] for fw in finals[m]]) for k in finals[m][0]}
             for m in methods if finals[m] and finals[m][0]}

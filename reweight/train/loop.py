@@ -12,6 +12,8 @@ finishing the current step, checkpointing the run at that step and raising `Pree
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 import signal
@@ -25,11 +27,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from reweight import parallel
 from reweight.base import Weighting
-from reweight.data.pipeline import eval_batches, train_iterator
+from reweight.data.pipeline import batch_dataset, eval_batches
+from reweight.data.samplers import epoch_sampler
 from reweight.reparam._core import Reparam
 from reweight.train import state as state_lib
 from reweight.train.step import make_eval_step, make_train_step
@@ -158,16 +163,76 @@ class RunResult(NamedTuple):
   final_weights: dict[str, np.ndarray]
 
 
+# How many dispatched train steps may be unfinished before the loop waits for the oldest.
+# The host still runs that far ahead of the devices (the device never idles), and the bound
+# avoids a deadlock: on CPU devices of several processes (gloo collectives), a jitted step
+# with a cross-device reduction dispatched a few dozen times without waiting hangs every
+# process (seen with jax 0.10.2; 8 in flight never hung in 2000 steps).
+MAX_STEPS_IN_FLIGHT = 8
+
 # Per-group metrics of a group method's step (`reweight.base.group_info`), logged at every
 # evaluation as lists over groups (the values of the step just before it).
 GROUP_METRICS = ("probs", "group_loss", "group_weight_share")
 
 
-@jax.jit
-def _weight_sums(weights, is_noisy=None):
-  """``(sum of the weights on noisy examples, sum of all weights)`` of a batch."""
+class PlannedBatch(NamedTuple):
+  """The batches of several steps, as rows of a dataset that is already on the devices.
+
+  The batch of step ``t`` is ``{k: data[k][plan[t % K]] for k in data}``, with ``K =
+  plan.shape[0]``; a step from `jit_train_step` takes it inside the compiled step (from
+  the state's ``step``), so nothing travels from the host at a step, only a new plan every
+  ``K`` steps.
+
+  Attributes:
+    data: the dataset's fields, on the devices (replicated).
+    plan: ``[K, B]`` row numbers, the batches of steps ``cK ... cK + K - 1``, split over
+      the devices like a batch along dimension 1.
+  """
+
+  data: Mapping[str, jax.Array]
+  plan: jax.Array
+
+  def at(self, step) -> dict[str, jax.Array]:
+    """The batch of ``step``."""
+    idx = self.plan[step % self.plan.shape[0]]
+    return {k: v[idx] for k, v in self.data.items()}
+
+
+# Training sets up to this size (the fields the step reads) are put on the devices once and
+# batches are taken from them there (`PlannedBatch`); larger ones travel batch by batch.
+DEVICE_DATA_BYTES = 64 * 2**20
+# Row numbers per plan of a `PlannedBatch` (K = this // batch size steps; 256 KiB of int32).
+PLAN_ROWS = 2**16
+
+
+def loop_sums(mean_loss, weights, is_noisy=None) -> jax.Array:
+  """``[mean_loss, sum of the weights on is_noisy examples, sum of the weights]``: what
+  `train` reads of every step, as one float32 array."""
   noisy = 0.0 if is_noisy is None else jnp.sum(weights * is_noisy)
-  return noisy, jnp.sum(weights)
+  return jnp.stack([mean_loss, noisy, jnp.sum(weights)]).astype(jnp.float32)
+
+
+_loop_sums = jax.jit(loop_sums)
+
+
+def _with_weight_sums(step_fn: Callable) -> Callable:
+  """``step_fn`` that also takes a `PlannedBatch`, with `loop_sums` in its metrics.
+
+  The sums the loop logs are computed inside the step instead of by a second jitted call
+  per step.
+  """
+
+  @functools.wraps(step_fn)  # compiled under the step's own name
+  def step(state, batch, **kwargs):
+    if isinstance(batch, PlannedBatch):
+      batch = batch.at(state.step)
+    state, metrics = step_fn(state, batch, **kwargs)
+    if isinstance(metrics, Mapping) and "weights" in metrics and "mean_loss" in metrics:
+      metrics = dict(metrics, loop_sums=loop_sums(metrics["mean_loss"], metrics["weights"],
+                                                  batch.get("is_noisy")))
+    return state, metrics
+
+  return step
 
 
 def jit_train_step(step_fn: Callable) -> Callable:
@@ -176,7 +241,10 @@ def jit_train_step(step_fn: Callable) -> Callable:
   The step's new state gets ``out_shardings`` equal to the shardings of the state passed in
   (e.g. the ``fsdp`` layout of `state_lib.place`), so sharded parameters and optimizer state
   never drift to another layout; the metrics' layout is the compiler's choice. One jitted
-  function per distinct state layout (in practice one per run, shared by all seeds).
+  function per distinct state layout (in practice one per run, shared by all seeds). When
+  the metrics have ``weights`` and ``mean_loss`` they also get ``loop_sums`` (`loop_sums`,
+  what `train` logs of every step). The batch may be a `PlannedBatch` (rows of a dataset
+  on the devices, taken inside the step at the state's ``step``).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -186,28 +254,44 @@ def jit_train_step(step_fn: Callable) -> Callable:
     4.0
   """
   compiled: dict = {}
+  last = [None, None]  # the state the last call returned, and the function that made it
 
   def step(state, batch, **kwargs):
-    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), state)
-    key = (jax.tree.structure(state), tuple(jax.tree.leaves(shardings)))
-    if key not in compiled:
-      if any(s is None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
-        shardings = None  # host values: let jit choose
-      compiled[key] = jax.jit(step_fn, donate_argnums=0, out_shardings=(shardings, None))
-    return compiled[key](state, batch, **kwargs)
+    if state is last[0]:  # its layout is the one that function pins: skip the lookup
+      fn = last[1]
+    else:
+      shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), state)
+      key = (jax.tree.structure(state), tuple(jax.tree.leaves(shardings)))
+      if key not in compiled:
+        if any(s is None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
+          shardings = None  # host values: let jit choose
+        compiled[key] = jax.jit(_with_weight_sums(step_fn), donate_argnums=0,
+                                out_shardings=(shardings, None))
+      fn = compiled[key]
+    out = fn(state, batch, **kwargs)
+    last[:] = out[0], fn
+    return out
 
+  step.accepts_planned_batch = True
   return step
+
+
+_batch_at = jax.jit(PlannedBatch.at)
 
 
 def evaluate(eval_step: Callable, state, dataset: Mapping[str, np.ndarray], batch_size: int,
              mesh) -> dict[str, float]:
-  """Accuracy, balanced accuracy and mean CE over a whole split (padded batches)."""
+  """Accuracy, balanced accuracy and mean CE over a whole split (padded batches).
+
+  On several processes each reads its rows of every batch (`parallel.process_rows`) and
+  the totals are global.
+  """
   totals = None
-  for batch in eval_batches(dataset, batch_size):
+  for batch in eval_batches(dataset, batch_size, rows=parallel.process_rows(mesh, batch_size)):
     batch = {k: batch[k] for k in ("x", "label", "mask")}
     out = eval_step(state, parallel.shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  totals = parallel.to_host(totals)
   present = totals["class_count"] > 0
   return {
       "accuracy": float(totals["correct"] / totals["count"]),
@@ -247,7 +331,7 @@ def _loop_progress(running: dict, final: dict) -> dict:
   out = {"running": dict(running), "final": {}}
   for k, chunks in final.items():
     if chunks:
-      a = np.concatenate(jax.device_get(chunks))
+      a = np.concatenate(parallel.to_host(chunks))
       out["final"][k] = {"dtype": str(a.dtype), "values": a.tolist()}
   return out
 
@@ -312,44 +396,57 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   # The reparam's init (e.g. PiSSA's SVD) runs on the params in their sharded layout.
   state = state_lib.create(parallel.shard_params(params, mesh), optimizer, weighting,
                            jax.random.PRNGKey(seed), reparam=reparam)
-  it = train_iterator(train_ds, batch_size, seed)
+  # The step donates its input state: copy it, so the caller's `params` stay usable.
+  state = state_lib.place(jax.tree.map(lambda x: jnp.array(x, copy=True), state), mesh)
   history: list[dict] = []
   # The loop's own progress: sums of the steps since the last evaluation, and the weights of
   # the last epoch; both are checkpointed, so a resumed run ends like an uninterrupted one.
   running = {"loss": 0.0, "n": 0, "noisy_w": 0.0, "total_w": 0.0}
   final = {"weights": [], "is_noisy": [], "label": []}
   manager = metrics_path = None
+  writer = jax.process_index() == 0  # the one process that writes files besides orbax
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     manager = _checkpoint_manager(workdir)
     latest = manager.latest_step()
-    if latest is not None:
-      items = dict(state=ocp.args.StandardRestore(jax.tree.map(np.asarray, state)),
-                   data=ocp.args.JsonRestore())
+    if latest is not None:  # restored straight into the state's (sharded) layout
+      target = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+      items = dict(state=ocp.args.StandardRestore(target))
       has_loop = os.path.isdir(os.path.join(str(manager.directory), str(latest), "loop"))
       if has_loop:  # checkpoints written before the loop's progress was saved lack it
         items["loop"] = ocp.args.JsonRestore()
       restored = manager.restore(latest, args=ocp.args.Composite(**items))
-      state = jax.tree.map(jnp.asarray, restored["state"])
-      state = state_lib.TrainState(*state)
-      it.set_state(restored["data"])
+      state = state_lib.TrainState(*restored["state"])
       history = _read_history(metrics_path, latest)
       if has_loop:
         running, final = _restore_loop_progress(restored["loop"])
-  # The step donates its input state: copy it, so the caller's `params` stay usable.
-  state = state_lib.place(jax.tree.map(lambda x: jnp.array(x, copy=True), state), mesh)
   checkpoint_every = checkpoint_every or eval_every
 
   has_noise = "is_noisy" in train_ds
   fields = [k for k in ("x", "label", "id", "is_noisy", "group", "mask") if k in train_ds]
   steps_per_epoch = max(len(train_ds["label"]) // batch_size, 1)
-  start = int(state.step)
+  # The batch of step t is rows sampler.indices(t) of the training set (shuffled epochs);
+  # each process reads only its rows of every global batch.
+  sampler = epoch_sampler(len(train_ds["label"]), batch_size, seed)
+  rows = parallel.process_rows(mesh, batch_size)
+  arrays = {k: np.asarray(train_ds[k]) for k in fields}
+  on_device = (getattr(train_step, "accepts_planned_batch", False) and
+               sum(a.nbytes for a in arrays.values()) <= DEVICE_DATA_BYTES)
+  if on_device:  # once; then the row numbers of K steps at a time
+    data = parallel.replicate(arrays, mesh)
+    plan_steps = max(PLAN_ROWS // batch_size, 1)
+    plan_sharding = NamedSharding(mesh, P(None, parallel.batch_sharding(mesh).spec[0]))
+  else:
+    batches = batch_dataset(arrays, sampler, rows)
+  start = int(parallel.to_host(state.step))
   pending = []
+  in_flight = collections.deque()  # the losses of the last dispatched steps
 
   def flush():
     """Adds the pending steps' metrics (on device until now) to the running sums."""
-    for loss, nw, tw in jax.device_get(pending):
+    for loss, nw, tw in parallel.to_host(pending):
       running["loss"] += float(loss)
       running["n"] += 1
       running["noisy_w"] += float(nw)
@@ -363,28 +460,51 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     if manager is not None and saved != step:
       flush()
       manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(jax.device_get(state)),
-          data=ocp.args.JsonSave(it.get_state()),
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave({"next_index": step}),  # the input's position: the step
           loop=ocp.args.JsonSave(_loop_progress(running, final))))
       manager.wait_until_finished()
-      _write_history(metrics_path, history)
+      if writer:
+        _write_history(metrics_path, history)
       saved = step
 
-  bar = tqdm(range(start, steps), desc=desc, disable=not progress, leave=False,
+  def batch_of(step, previous=None):
+    """The batch of ``step`` on the devices; each process transfers only its rows."""
+    if not on_device:
+      return parallel.shard_batch(batches[step], mesh)
+    if previous is not None and step % plan_steps:
+      return previous  # its plan has this step
+    first = step - step % plan_steps
+    local = np.stack([sampler.indices(t)[rows] for t in range(first, first + plan_steps)])
+    if mesh.is_multi_process:
+      plan = jax.make_array_from_process_local_data(plan_sharding, local.astype(np.int32),
+                                                    (plan_steps, batch_size))
+    else:
+      plan = jax.device_put(local.astype(np.int32), plan_sharding)
+    return PlannedBatch(data, plan)
+
+  bar = tqdm(range(start, steps), desc=desc, disable=not progress or not writer, leave=False,
              initial=start, total=steps)
   try:
+    batch = batch_of(start) if start < steps else None
     for step in bar:
-      host_batch = next(it)
-      batch = parallel.shard_batch({k: host_batch[k] for k in fields}, mesh)
       state, metrics = train_step(state, batch, **loss_kwargs)
-      w = metrics["weights"]
+      in_flight.append(metrics["mean_loss"])
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        in_flight.popleft().block_until_ready()
       last_group = {k: metrics[k] for k in GROUP_METRICS if k in metrics}
-      pending.append((metrics["mean_loss"], *_weight_sums(w, batch.get("is_noisy"))))
-      if step >= steps - steps_per_epoch:  # fetched from the device once, after the loop
-        final["weights"].append(w)
-        final["label"].append(host_batch["label"])
+      # A step not from `jit_train_step` lacks the sums: one more small jitted call.
+      pending.append(metrics["loop_sums"] if "loop_sums" in metrics else
+                     _loop_sums(metrics["mean_loss"], metrics["weights"],
+                                batch.get("is_noisy")))
+      if step >= steps - steps_per_epoch:  # fetched from the devices once, after the loop
+        seen = _batch_at(batch, step) if on_device else batch
+        final["weights"].append(metrics["weights"])
+        final["label"].append(seen["label"])
         if has_noise:
-          final["is_noisy"].append(host_batch["is_noisy"])
+          final["is_noisy"].append(seen["is_noisy"])
+      if step + 1 < steps:  # the next transfer overlaps the step just dispatched
+        batch = batch_of(step + 1, batch)
       if (step + 1) % eval_every == 0 or step + 1 == steps:
         flush()
         ev = evaluate(eval_step, state, test_ds, 256, mesh)
@@ -393,7 +513,7 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
                "test_balanced_accuracy": ev["balanced_accuracy"], "test_loss": ev["loss"]}
         if has_noise:
           row["noisy_weight_share"] = running["noisy_w"] / max(running["total_w"], 1e-12)
-        row.update({k: np.asarray(v).tolist() for k, v in jax.device_get(last_group).items()})
+        row.update({k: np.asarray(v).tolist() for k, v in parallel.to_host(last_group).items()})
         history.append(row)
         running.update(loss=0.0, n=0, noisy_w=0.0, total_w=0.0)
         bar.set_postfix(acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
@@ -406,6 +526,5 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     bar.close()
     if manager is not None:
       manager.close()
-  final["weights"] = jax.device_get(final["weights"])
-  final_weights = {k: np.concatenate(v) for k, v in final.items() if v}
+  final_weights = {k: np.concatenate(parallel.to_host(v)) for k, v in final.items() if v}
   return RunResult(history, state, final_weights)

@@ -28,6 +28,7 @@ from reweight.base import (
   weighting_inputs,
 )
 from reweight.reparam._core import Reparam
+from reweight.reparam.factored import NotFactorableError, factored
 
 PyTree = Any
 
@@ -56,11 +57,25 @@ def classification_loss(apply_fn: Callable, loss: str = "ce", **loss_kwargs) -> 
 
 
 def _reparam_loss(per_example_loss: Callable, reparam: Reparam | None) -> Callable:
-  """The per-example loss as a function of ``(trainable, frozen)``."""
+  """The per-example loss as a function of ``(trainable, frozen)``.
+
+  With a low-rank additive ``reparam`` (LoRA, AdaLoRA, EVA, ...) the loss is evaluated by
+  `reweight.reparam.factored` (``x @ K + s (x @ A) @ B``, no full kernel or kernel gradient);
+  where that raises `NotFactorableError` (another reparam, or a model using a targeted kernel
+  other than in a contraction) it falls back to ``per_example_loss(reparam.apply(...))``.
+  """
+  fast = None if reparam is None else factored(per_example_loss, reparam)
+  use_fast = [fast is not None]
 
   def fn(trainable, batch, *, frozen, key=None):
-    params = trainable if reparam is None else reparam.apply(trainable, frozen)
-    return per_example_loss(params, batch, key=key)
+    if reparam is None:
+      return per_example_loss(trainable, batch, key=key)
+    if use_fast[0]:
+      try:
+        return fast(trainable, frozen, batch, key=key)
+      except NotFactorableError:
+        use_fast[0] = False
+    return per_example_loss(reparam.apply(trainable, frozen), batch, key=key)
 
   return fn
 
