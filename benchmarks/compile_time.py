@@ -81,8 +81,12 @@ def builders(problem, targets: str, rank: int = 8) -> dict:
   return out
 
 
-def first_step(build) -> dict[str, float]:
-  """Seconds of tracing + lowering, compiling and the first run of a freshly built step."""
+def compile_first_step(build):
+  """``(compiled step, its arguments, seconds)`` of a freshly built step.
+
+  Seconds of tracing + lowering, compiling and the first run (``total``, ``lower``,
+  ``compile``, ``run``), with JAX's in-memory caches cleared first.
+  """
   jax.clear_caches()
   step, args = build()
   jax.block_until_ready(args)
@@ -93,7 +97,13 @@ def first_step(build) -> dict[str, float]:
   t2 = time.perf_counter()
   jax.block_until_ready(compiled(*args))
   t3 = time.perf_counter()
-  return {"total": t3 - t0, "lower": t1 - t0, "compile": t2 - t1, "run": t3 - t2}
+  return compiled, args, {"total": t3 - t0, "lower": t1 - t0, "compile": t2 - t1,
+                          "run": t3 - t2}
+
+
+def first_step(build) -> dict[str, float]:
+  """Seconds of tracing + lowering, compiling and the first run of a freshly built step."""
+  return compile_first_step(build)[2]
 
 
 def measure(name: str, rounds: int) -> dict:

@@ -222,21 +222,15 @@ def compile_first_step(build) -> dict:
   Returns:
     ``{"compiled", "args", "first_step_s", "lower_s", "compile_s", "run_s", "flops"}``.
   """
-  jax.clear_caches()
-  step, args = build()
-  jax.block_until_ready(args)
-  t0 = time.perf_counter()
-  lowered = step.lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  jax.block_until_ready(compiled(*args))
-  t3 = time.perf_counter()
+  import compile_time
+
+  compiled, args, seconds = compile_time.compile_first_step(build)
   cost = compiled.cost_analysis()
   cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
   flops = float(cost.get("flops", math.nan))
-  return {"compiled": compiled, "args": args, "first_step_s": t3 - t0, "lower_s": t1 - t0,
-          "compile_s": t2 - t1, "run_s": t3 - t2, "flops": flops if flops > 0 else math.nan}
+  return {"compiled": compiled, "args": args, "first_step_s": seconds["total"],
+          "lower_s": seconds["lower"], "compile_s": seconds["compile"], "run_s": seconds["run"],
+          "flops": flops if flops > 0 else math.nan}
 
 
 def _time_calls(fn, args, n: int) -> float:
