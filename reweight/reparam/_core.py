@@ -67,8 +67,22 @@ def unflatten_like(tree: PyTree, flat: Mapping[str, Any]) -> PyTree:
   return jax.tree_util.tree_unflatten(treedef, [flat[path_str(p)] for p, _ in paths_leaves])
 
 
+def _matches(pattern: re.Pattern, path: str) -> bool:
+  """``pattern.fullmatch`` on ``path`` or, for Flax NNX state, on it without ``/value``.
+
+  ``nnx.state(model)`` flattens to paths such as ``"linear/kernel/value"``; stripping the
+  trailing ``/value`` component lets ``targets=".*kernel"`` select them as it does in linen.
+  """
+  if pattern.fullmatch(path):
+    return True
+  return path.endswith("/value") and pattern.fullmatch(path[: -len("/value")]) is not None
+
+
 def select(params: PyTree, targets: str, *, ndim: int | None = 2) -> list[str]:
   """Paths of the leaves whose path matches ``targets`` (``re.fullmatch``).
+
+  A trailing ``/value`` component (Flax NNX ``State`` leaves) may be left out of the
+  regex: ``".*kernel"`` matches ``"dense/kernel/value"``.
 
   Args:
     params: a parameter pytree.
@@ -82,7 +96,7 @@ def select(params: PyTree, targets: str, *, ndim: int | None = 2) -> list[str]:
   pattern = re.compile(targets)
   hits = [
       p for p, v in flat.items()
-      if pattern.fullmatch(p) and (ndim is None or getattr(v, "ndim", None) == ndim)
+      if _matches(pattern, p) and (ndim is None or getattr(v, "ndim", None) == ndim)
   ]
   if not hits:
     raise ValueError(
