@@ -28,6 +28,11 @@ def get_config():
   c.eval_every = 50
   c.checkpoint_every = 500
   c.seeds = (0, 1, 2)
+  # A step with a non-finite loss or gradient stops the run with an error naming it; True:
+  # such steps leave the model unchanged and are counted (skipped_steps in metrics.jsonl).
+  c.skip_nonfinite = False
+  # Debug: label-range and shape checks of every batch under jit (off: no cost).
+  c.check_inputs = False
 
   warmup = 100  # uniform weights first, as in Sow et al.
   c.methods = ml_collections.ConfigDict({

@@ -103,3 +103,23 @@ def test_sigterm_saves_the_run_in_progress_and_the_rerun_ends_like_an_uninterrup
     assert read(workdir / rel) == read(path), rel  # histories and last-epoch weights
     metrics = os.path.join(os.path.dirname(rel), "metrics.jsonl")
     assert read(workdir / metrics) == read(tmp_path / "straight" / metrics), metrics
+
+
+def test_a_bad_override_or_name_is_one_line_and_exit_status_2(tmp_path):
+  cases = [
+      ("--config.stepz=5", r"--config\.stepz: the config has no field 'stepz'; did you mean "
+                           r"'steps'\? valid: batch_size, .*steps"),
+      ("--config.model_kwargs.hiden=(8,)", r".*config\.model_kwargs has no field 'hiden'; did "
+                                          r"you mean 'hidden'\? valid: hidden, in_features"),
+      ("--config.steps=abc", r"--config\.steps: bad value .*'abc'.*config\.steps is a int"),
+      ("--config.methods.ce.loss=cee", r"config\.methods\['ce'\]: loss='cee' is not one of"),
+  ]
+  for arg, message in cases:
+    proc = subprocess.run([sys.executable, "-m", "reweight.main", "--config=configs/default.py",
+                           f"--workdir={tmp_path}", arg], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, (arg, proc.stderr[-3000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, (arg, proc.stderr[-3000:])
+    assert re.fullmatch(r"reweight\.main: " + message + ".*", lines[0]), (arg, lines[0])
+  assert not os.path.exists(tmp_path / "runs")  # nothing trained

@@ -12,27 +12,160 @@ data. ``clean_labels=True`` trains on the uncorrupted labels (an upper
 bound). Each run lives in ``workdir/runs/<method>/seed<k>``; finished runs are not run again
 when the experiment is restarted, unfinished ones resume from their last checkpoint (a
 periodic one, or the one written on SIGTERM when a `loop.Preemption` is passed).
+
+Honest resume: each run directory holds ``config.json``, the fields of the config that
+produced it (`run_fingerprint`). A restarted experiment whose runs were made with other
+values (or by a version that wrote no ``config.json``) is refused before anything trains
+(`StaleWorkdirError`, naming the differing fields), unless ``overwrite=True`` deletes those
+runs. Unknown method, loss, weighting, model or optimizer names and weighting or loss
+arguments the constructor does not take are a `ConfigError` before anything trains too.
+
+Metrics: the trainer logs the loss and test metrics; the noisy-label bookkeeping (the share
+of the weight on ``is_noisy`` examples, `NOISY_LABELS`) is this module's `loop.MetricsHook`.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
 import reweight
+from reweight import losses as losses_lib
 from reweight import parallel
 from reweight.data import corruptions, datasets
 from reweight.train import loop, plots
-from reweight.train.models import functional, make_model
+from reweight.train.models import MODELS, functional, make_model
 from reweight.train.step import classification_loss, make_eval_step, make_train_step
+
+
+class ConfigError(ValueError):
+  """A config that cannot run: an unknown name or argument, or a stale workdir. One line."""
+
+
+class StaleWorkdirError(ConfigError):
+  """The workdir holds runs made with another config (see `run`'s ``overwrite``)."""
+
+
+def _noisy_sums(batch, metrics):
+  w = metrics["weights"]
+  return {"noisy_w": jnp.sum(w * batch["is_noisy"]), "total_w": jnp.sum(w)}
+
+
+def _noisy_row(totals):
+  return {"noisy_weight_share": totals["noisy_w"] / max(totals["total_w"], 1e-12)}
+
+
+# The noisy-label bookkeeping of a run on data with ``is_noisy``: the share of the weight on
+# noisy examples over the steps since the last evaluation (``noisy_weight_share`` in each
+# row), and the last epoch's ``is_noisy`` flags beside its weights (for the table's
+# "weight on noisy" column and the histograms). One object, so every run shares its step.
+NOISY_LABELS = loop.MetricsHook(names=("noisy_w", "total_w"), sums=_noisy_sums,
+                                row=_noisy_row, final_fields=("is_noisy",))
+
+# Fields of a method's spec.
+METHOD_FIELDS = ("loss", "loss_kwargs", "weighting", "weighting_kwargs", "clean_labels")
+
+# Config fields that do not change what a run computes, left out of its fingerprint: the
+# seeds and the other methods (each run is one seed of one method), how often it is
+# checkpointed (a resumed run equals an uninterrupted one), the device mesh (the numbers are
+# those of one device, up to float rounding), and the debug checks.
+COSMETIC_FIELDS = ("seeds", "methods", "checkpoint_every", "mesh", "check_inputs")
+
+
+def _plain(value):
+  """JSON's view of a config value (tuples are lists, ConfigDicts dicts)."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  return json.loads(json.dumps(value, sort_keys=True, default=repr))
+
+
+def run_fingerprint(config: ml_collections.ConfigDict, method: str) -> dict[str, Any]:
+  """The fields of ``config`` that the runs of ``method`` depend on, flattened
+  (``model_kwargs.hidden``, ``method.weighting_kwargs.r``): every field but
+  `COSMETIC_FIELDS`, plus ``method.*``, this method's spec."""
+  out = {}
+
+  def flatten(prefix, value):
+    if isinstance(value, Mapping) and value:
+      for k in sorted(value):
+        flatten(f"{prefix}.{k}" if prefix else str(k), value[k])
+    else:
+      out[prefix] = value
+
+  flatten("", {k: v for k, v in _plain(config).items() if k not in COSMETIC_FIELDS})
+  flatten("method", _plain(config.methods[method]))
+  return out
+
+
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+  return [f"{k} ({saved.get(k, '<unset>')!r} then, {now.get(k, '<unset>')!r} now)"
+          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def _near(name: str, valid) -> str:
+  close = difflib.get_close_matches(str(name), list(valid), n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_kwargs(what: str, fn, kwargs: Mapping[str, Any], positional: int = 0) -> None:
+  """``fn`` takes keyword arguments ``kwargs`` (after ``positional`` positional ones)."""
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return
+  if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    return
+  names = [n for i, (n, p) in enumerate(params.items())
+           if i >= positional and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  for k in kwargs:
+    if k not in names:
+      raise ConfigError(f"{what} takes no argument {k!r}{_near(k, names)}; it takes "
+                        f"{names}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` (one line) for a config that would fail mid-experiment: unknown
+  method fields, loss, weighting, model or optimizer names, and loss or weighting
+  arguments that the named function does not take."""
+  weightings = ["uniform", *reweight.sample.WEIGHTINGS, *reweight.group.WEIGHTINGS]
+  if config.model not in MODELS:
+    raise ConfigError(f"model={config.model!r} is not one of {sorted(MODELS)}"
+                      f"{_near(config.model, MODELS)}")
+  if config.optimizer not in ("adam", "sgd"):
+    raise ConfigError(f"optimizer={config.optimizer!r} is not one of ['adam', 'sgd']"
+                      f"{_near(config.optimizer, ['adam', 'sgd'])}")
+  for method, spec in dict(config.methods).items():
+    spec = dict(spec)
+    where = f"config.methods[{method!r}]"
+    for k in spec:
+      if k not in METHOD_FIELDS:
+        raise ConfigError(f"{where} has no field {k!r}{_near(k, METHOD_FIELDS)}; its fields "
+                          f"are {list(METHOD_FIELDS)}")
+    loss = spec.get("loss", "ce")
+    if loss not in losses_lib.LOSSES:
+      raise ConfigError(f"{where}: loss={loss!r} is not one of {sorted(losses_lib.LOSSES)}"
+                        f"{_near(loss, losses_lib.LOSSES)}")
+    _check_kwargs(f"{where}: loss {loss!r}", losses_lib.LOSSES[loss],
+                  dict(spec.get("loss_kwargs", {})), positional=2)
+    name = spec.get("weighting", "uniform")
+    if name not in weightings:
+      raise ConfigError(f"{where}: weighting={name!r} is not one of {weightings}"
+                        f"{_near(name, weightings)}")
+    ctor = reweight.uniform if name == "uniform" else getattr(
+        reweight.sample if name in reweight.sample.WEIGHTINGS else reweight.group, name)
+    _check_kwargs(f"{where}: weighting {name!r}", ctor, dict(spec.get("weighting_kwargs", {})))
 
 
 def make_weighting(name: str, **kwargs) -> reweight.Weighting:
@@ -166,8 +299,53 @@ def _all_agree(flag: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
+  """Refuses (or with ``overwrite`` deletes) runs of ``workdir`` made with another config;
+  writes the fingerprint of every run about to be made. Process 0 reads and writes; all
+  processes take its decision."""
+  writer = jax.process_index() == 0
+  stale, fields = [], []
+  for method in config.methods:
+    now = run_fingerprint(config, method)
+    for seed in config.seeds:
+      run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
+      path = os.path.join(run_dir, "config.json")
+      if not writer or not os.path.isdir(run_dir) or not (
+          set(os.listdir(run_dir)) - {"config.json"}):
+        continue  # nothing computed there yet
+      if not os.path.exists(path):
+        stale.append(run_dir)
+        fields.append("config.json (none: made before runs recorded their config)")
+        continue
+      with open(path) as f:
+        diff = _differences(json.load(f), now)
+      if diff:
+        stale.append(run_dir)
+        fields.extend(d for d in diff if d not in fields)
+  if _all_agree(bool(stale)):
+    if not overwrite:
+      shown = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
+      raise StaleWorkdirError(
+          f"{workdir} holds {len(stale)} run(s) made with a different config: {shown}; "
+          "use a new --workdir, or --overwrite to delete those runs")
+    if writer:
+      for run_dir in stale:
+        shutil.rmtree(run_dir)
+    if jax.process_count() > 1:  # the others read no checkpoint before it is gone
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("reweight.experiment.overwrite")
+  if writer:
+    for method in config.methods:
+      text = json.dumps(run_fingerprint(config, method), indent=1, sort_keys=True)
+      for seed in config.seeds:
+        run_dir = os.path.join(workdir, "runs", method, f"seed{seed}")
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+          f.write(text + "\n")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-        preemption: loop.Preemption | None = None) -> dict:
+        preemption: loop.Preemption | None = None, overwrite: bool = False) -> dict:
   """Runs every method of ``config`` for every seed; writes the table and plots.
 
   Each method's train step is compiled once (its seeds share it), the eval step once for the
@@ -180,13 +358,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     progress: show progress bars.
     preemption: an entered `loop.Preemption`; on its notice the run in progress is saved and
       `loop.Preempted` raised (``reweight.main`` passes one).
+    overwrite: delete the runs of ``workdir`` made with another config instead of refusing
+      (`StaleWorkdirError`).
 
   Returns:
     ``{"summary": {method: {...}}, "table": str, "plots": [paths]}``. On several processes
     all train every run; only process 0 writes the runs' results, table and plots (the
     others return the same summary and table, and no plots).
+
+  Raises:
+    ConfigError: before anything trains, for unknown names or arguments (`validate`), and
+      as `StaleWorkdirError` for runs of ``workdir`` made with another config.
   """
+  validate(config)
   os.makedirs(workdir, exist_ok=True)
+  _check_workdir(config, workdir, overwrite)
   mesh = parallel.make_mesh_from_spec(config.get("mesh", ""))
   writer = jax.process_index() == 0  # on several processes, only the first writes files
   progress = progress and writer
@@ -197,6 +383,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   total = len(methods) * len(config.seeds)
   outer = tqdm(total=total, desc="runs", disable=not progress)
   eval_step = None  # one for all methods: the same model and test set
+  skip_nonfinite = bool(config.get("skip_nonfinite", False))
+  check_inputs = bool(config.get("check_inputs", False))
   try:
     for method, spec in methods.items():
       spec = ml_collections.ConfigDict(spec)
@@ -227,8 +415,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                                      **resolve_data_kwargs(spec.get("weighting_kwargs", {}),
                                                            train, num_classes))
         if train_step is None:
-          train_step = loop.jit_train_step(make_train_step(per_example, weighting, optimizer,
-                                                           microbatches=config.microbatches))
+          train_step = loop.jit_train_step(make_train_step(
+              per_example, weighting, optimizer, microbatches=config.microbatches,
+              skip_nonfinite=skip_nonfinite, check_inputs=check_inputs,
+              num_classes=num_classes))
         if eval_step is None:
           eval_step = _shared_eval_step(fn.apply, num_classes)
         loss_kwargs = {}
@@ -241,7 +431,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
             seed=seed, eval_every=config.eval_every, workdir=run_dir,
             checkpoint_every=config.checkpoint_every, loss_kwargs=loss_kwargs, mesh=mesh,
             progress=progress, desc=f"{method}/seed{seed}", train_step=train_step,
-            eval_step=eval_step, preemption=preemption)
+            eval_step=eval_step, preemption=preemption,
+            metrics_hook=NOISY_LABELS if "is_noisy" in train else None,
+            skip_nonfinite=skip_nonfinite)
         if writer:
           with open(done, "w") as f:
             json.dump({"history": result.history,

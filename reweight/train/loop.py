@@ -151,11 +151,13 @@ class RunResult(NamedTuple):
 
   Attributes:
     history: one dict per evaluation (``step``, ``test_accuracy``, ``test_balanced_accuracy``,
-      ``test_loss``, ``train_loss``, ``noisy_weight_share``, and for a group method the
-      lists ``probs``, ``group_loss``, ``group_weight_share``, ...).
+      ``test_loss``, ``train_loss``, the entries of a `MetricsHook` (e.g. the experiment's
+      ``noisy_weight_share``), ``skipped_steps`` with ``skip_nonfinite``, and for a group
+      method the lists ``probs``, ``group_loss``, ``group_weight_share``, ...).
     state: the final `TrainState`.
-    final_weights: weights of the examples seen in the last epoch (``weights``, and
-      ``is_noisy`` / ``label`` where the data has them), for histograms.
+    final_weights: weights of the examples seen in the last epoch (``weights``, ``label``
+      and a hook's ``final_fields`` such as ``is_noisy``, where the data has them), for
+      histograms.
   """
 
   history: list[dict[str, float]]
@@ -205,17 +207,50 @@ DEVICE_DATA_BYTES = 64 * 2**20
 PLAN_ROWS = 2**16
 
 
-def loop_sums(mean_loss, weights, is_noisy=None) -> jax.Array:
-  """``[mean_loss, sum of the weights on is_noisy examples, sum of the weights]``: what
-  `train` reads of every step, as one float32 array."""
-  noisy = 0.0 if is_noisy is None else jnp.sum(weights * is_noisy)
-  return jnp.stack([mean_loss, noisy, jnp.sum(weights)]).astype(jnp.float32)
+class MetricsHook(NamedTuple):
+  """Metrics that an experiment adds to `train`'s rows (e.g. the noisy-label share).
+
+  Attributes:
+    names: the names of the per-step sums, in the order ``sums`` returns them.
+    sums: ``sums(batch, metrics) -> {name: scalar}``, run inside the jitted step on the
+      step's batch and metrics (``weights``, ``mean_loss``, ...); the loop adds them up
+      over the steps since the last evaluation (skipped steps excluded).
+    row: ``row(totals) -> {key: value}``, the entries added to the evaluation's row, from
+      ``totals = {name: sum}`` (plain floats).
+    final_fields: batch fields kept, beside the weights, for the last epoch's examples
+      (`RunResult.final_weights`).
+
+  A hook is a static argument of the compiled step: build it once and pass the same object
+  to every run that shares a step (the experiment does), so the step compiles once.
+  """
+
+  names: tuple[str, ...]
+  sums: Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], Mapping[str, jax.Array]]
+  row: Callable[[Mapping[str, float]], Mapping[str, Any]]
+  final_fields: tuple[str, ...] = ()
 
 
-_loop_sums = jax.jit(loop_sums)
+# What `loop_sums` puts first in its vector, before a hook's sums: the step's mean loss, its
+# non-finite counts (see `make_train_step`), whether it was skipped, and its labels out of
+# range (with ``check_inputs``).
+LOOP_FIELDS = ("mean_loss", "nonfinite_loss", "nonfinite_grads", "skipped", "bad_labels")
 
 
-def _with_weight_sums(step_fn: Callable) -> Callable:
+def loop_sums(metrics: Mapping[str, jax.Array], batch, hook: MetricsHook | None = None
+              ) -> jax.Array:
+  """What `train` reads of every step, as one float32 vector: `LOOP_FIELDS` (absent ones
+  are 0), then ``hook.sums`` in the order of ``hook.names``."""
+  values = [metrics.get(k, 0.0) for k in LOOP_FIELDS]
+  if hook is not None:
+    extra = hook.sums(batch, metrics)
+    values += [extra[k] for k in hook.names]
+  return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+
+
+_loop_sums = jax.jit(loop_sums, static_argnums=2)
+
+
+def _with_loop_sums(step_fn: Callable, hook: MetricsHook | None) -> Callable:
   """``step_fn`` that also takes a `PlannedBatch`, with `loop_sums` in its metrics.
 
   The sums the loop logs are computed inside the step instead of by a second jitted call
@@ -227,9 +262,8 @@ def _with_weight_sums(step_fn: Callable) -> Callable:
     if isinstance(batch, PlannedBatch):
       batch = batch.at(state.step)
     state, metrics = step_fn(state, batch, **kwargs)
-    if isinstance(metrics, Mapping) and "weights" in metrics and "mean_loss" in metrics:
-      metrics = dict(metrics, loop_sums=loop_sums(metrics["mean_loss"], metrics["weights"],
-                                                  batch.get("is_noisy")))
+    if isinstance(metrics, Mapping) and "mean_loss" in metrics:
+      metrics = dict(metrics, loop_sums=loop_sums(metrics, batch, hook))
     return state, metrics
 
   return step
@@ -242,9 +276,10 @@ def jit_train_step(step_fn: Callable) -> Callable:
   (e.g. the ``fsdp`` layout of `state_lib.place`), so sharded parameters and optimizer state
   never drift to another layout; the metrics' layout is the compiler's choice. One jitted
   function per distinct state layout (in practice one per run, shared by all seeds). When
-  the metrics have ``weights`` and ``mean_loss`` they also get ``loop_sums`` (`loop_sums`,
-  what `train` logs of every step). The batch may be a `PlannedBatch` (rows of a dataset
-  on the devices, taken inside the step at the state's ``step``).
+  the metrics have ``mean_loss`` they also get ``loop_sums`` (`loop_sums`, what `train`
+  reads of every step), with the sums of the `MetricsHook` passed as the keyword
+  ``metrics_hook`` (static: one compiled step per hook). The batch may be a `PlannedBatch`
+  (rows of a dataset on the devices, taken inside the step at the state's ``step``).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -254,22 +289,22 @@ def jit_train_step(step_fn: Callable) -> Callable:
     4.0
   """
   compiled: dict = {}
-  last = [None, None]  # the state the last call returned, and the function that made it
+  last = [None, None, None]  # the state the last call returned, its function and hook
 
-  def step(state, batch, **kwargs):
-    if state is last[0]:  # its layout is the one that function pins: skip the lookup
+  def step(state, batch, metrics_hook: MetricsHook | None = None, **kwargs):
+    if state is last[0] and metrics_hook is last[2]:  # the layout that function pins
       fn = last[1]
     else:
       shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), state)
-      key = (jax.tree.structure(state), tuple(jax.tree.leaves(shardings)))
+      key = (jax.tree.structure(state), tuple(jax.tree.leaves(shardings)), metrics_hook)
       if key not in compiled:
         if any(s is None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
           shardings = None  # host values: let jit choose
-        compiled[key] = jax.jit(_with_weight_sums(step_fn), donate_argnums=0,
+        compiled[key] = jax.jit(_with_loop_sums(step_fn, metrics_hook), donate_argnums=0,
                                 out_shardings=(shardings, None))
       fn = compiled[key]
     out = fn(state, batch, **kwargs)
-    last[:] = out[0], fn
+    last[:] = out[0], fn, metrics_hook
     return out
 
   step.accepts_planned_batch = True
@@ -323,6 +358,74 @@ def _write_history(path: str, rows: list[dict]) -> None:
   os.replace(tmp, path)
 
 
+class NonFiniteError(FloatingPointError):
+  """Raised by `train` when a step's loss or gradient has a non-finite value.
+
+  Attributes:
+    step: the step (1-based: the one that would have been saved as ``step``).
+    loss, grads: how many non-finite per-example losses and gradient entries it had.
+  """
+
+  def __init__(self, step: int, steps: int, desc: str, loss: int, grads: int):
+    what = []
+    if loss:
+      what.append(f"loss ({loss} non-finite per-example loss{'es' if loss > 1 else ''})")
+    if grads:
+      what.append(f"gradient ({grads} non-finite entr{'ies' if grads > 1 else 'y'})")
+    super().__init__(f"non-finite {' and '.join(what)} at step {step} of {steps} during "
+                     f"{desc}; check the inputs and learning rate, or set "
+                     "skip_nonfinite=True (config.skip_nonfinite) to skip such steps")
+    self.step, self.loss, self.grads = step, loss, grads
+
+
+class InputCheckError(ValueError):
+  """Raised by `train` when ``check_inputs`` found labels outside ``[0, num_classes)``."""
+
+  def __init__(self, step: int, steps: int, desc: str, count: int, num_classes: int):
+    super().__init__(f"{count} label{'s' if count > 1 else ''} outside [0, {num_classes}) "
+                     f"in the batch of step {step} of {steps} during {desc}")
+    self.step, self.count = step, count
+
+
+def _scalar_items(row: Mapping[str, Any]):
+  """``(tag, value)`` of a history row's numbers: lists become ``key/0``, ``key/1``, ..."""
+  for k, v in row.items():
+    if k == "step":
+      continue
+    if isinstance(v, (list, tuple)):
+      for i, x in enumerate(v):
+        if isinstance(x, (int, float)):
+          yield f"{k}/{i}", float(x)
+    elif isinstance(v, (int, float)):
+      yield k, float(v)
+
+
+class _TensorBoard:
+  """The history rows as TensorBoard scalars (tensorboardX), in ``<run>/tensorboard``.
+
+  Rows are written when they are saved to ``metrics.jsonl`` (at a checkpoint), so after a
+  resume the event files hold each step once: a resumed run writes a new event file with
+  the rows after its checkpoint.
+  """
+
+  def __init__(self, logdir: str, written_up_to: int):
+    from tensorboardX import SummaryWriter  # imported by the first run that writes
+
+    self.writer = SummaryWriter(logdir)
+    self.up_to = written_up_to
+
+  def write(self, rows: list[dict]) -> None:
+    for row in rows:
+      if row["step"] > self.up_to:
+        for tag, value in _scalar_items(row):
+          self.writer.add_scalar(tag, value, row["step"])
+        self.up_to = row["step"]
+    self.writer.flush()
+
+  def close(self) -> None:
+    self.writer.close()
+
+
 def _loop_progress(running: dict, final: dict) -> dict:
   """The loop's own state as JSON: the sums since the last evaluation and the final weights.
 
@@ -336,8 +439,8 @@ def _loop_progress(running: dict, final: dict) -> dict:
   return out
 
 
-def _restore_loop_progress(saved: Mapping) -> tuple[dict, dict]:
-  final = {"weights": [], "is_noisy": [], "label": []}
+def _restore_loop_progress(saved: Mapping, final: dict) -> tuple[dict, dict]:
+  final = {k: [] for k in final}
   for k, v in saved["final"].items():
     final[k] = [np.asarray(v["values"], dtype=v["dtype"])]
   return dict(saved["running"]), final
@@ -352,7 +455,9 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
           loss_kwargs: Mapping[str, Any] | None = None, mesh=None, progress: bool = True,
           desc: str = "train", train_step: Callable | None = None,
           eval_step: Callable | None = None,
-          preemption: Preemption | None = None) -> RunResult:
+          preemption: Preemption | None = None, metrics_hook: MetricsHook | None = None,
+          skip_nonfinite: bool = False, check_inputs: bool = False,
+          tensorboard: bool = True) -> RunResult:
   """Trains for ``steps`` steps and evaluates every ``eval_every`` steps.
 
   Args:
@@ -363,8 +468,9 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     train_ds, test_ds: dicts of arrays (``x``, ``label``, ``id``, optional ``is_noisy``...).
     num_classes: for balanced accuracy.
     steps, batch_size, seed, eval_every: the schedule of the run.
-    workdir: where checkpoints and ``metrics.jsonl`` go; resumes from it if it has a
-      checkpoint. None: nothing is written.
+    workdir: where checkpoints, ``metrics.jsonl`` and the TensorBoard events
+      (``tensorboard/``) go; resumes from it if it has a checkpoint. None: nothing is
+      written.
     checkpoint_every: steps between checkpoints (default: every evaluation).
     loss_kwargs: extra arrays for the weighting, e.g. ``{"meta_batch": ...}``.
     mesh: a `Mesh` (default: all devices on ``"data"``); the batch is split over its
@@ -375,12 +481,28 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
       Each is compiled once per run (once in all, when reused with the same shapes).
     preemption: an entered `Preemption`; asked after every step, and when it says so the
       run is checkpointed at that step and `Preempted` is raised.
+    metrics_hook: experiment-specific sums computed in the step and entries added to each
+      row (`MetricsHook`); a step from `jit_train_step` computes them inside itself.
+    skip_nonfinite: steps with a non-finite loss or gradient leave the model as it was
+      (`make_train_step`; give ``train_step`` built the same way) and are counted in each
+      row's ``skipped_steps`` (and left out of its sums). Off: `NonFiniteError` at the
+      first such step.
+    check_inputs: checks of labels and shapes in the default step (`make_train_step`);
+      labels out of range raise `InputCheckError` naming the step.
+    tensorboard: on process 0, also write the rows as TensorBoard scalars in
+      ``workdir/tensorboard`` (appended on resume, each step once).
+
+  The non-finite counts and label checks come with the sums the loop already reads of every
+  step, when it waits for the step `MAX_STEPS_IN_FLIGHT` behind the newest (no extra host
+  sync): the error names the exact step, raised at most that many steps after it ran.
 
   Returns:
     A `RunResult`.
 
   Raises:
     Preempted: after saving, when ``preemption`` said to stop.
+    NonFiniteError: a step had a non-finite loss or gradient (without ``skip_nonfinite``).
+    InputCheckError: ``check_inputs`` found a label out of range.
   """
   if steps < 1 or batch_size < 1 or eval_every < 1:
     raise ValueError(f"steps={steps}, batch_size={batch_size} and eval_every={eval_every} "
@@ -388,10 +510,15 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   mesh = mesh or parallel.make_mesh()
   loss_kwargs = parallel.replicate(dict(loss_kwargs or {}), mesh)
   if train_step is None:
-    train_step = jit_train_step(make_train_step(per_example_loss, weighting, optimizer,
-                                                reparam=reparam, microbatches=microbatches))
+    train_step = jit_train_step(make_train_step(
+        per_example_loss, weighting, optimizer, reparam=reparam, microbatches=microbatches,
+        skip_nonfinite=skip_nonfinite, check_inputs=check_inputs, num_classes=num_classes))
   if eval_step is None:
     eval_step = jax.jit(make_eval_step(apply_fn, num_classes, reparam=reparam))
+  hook_names = metrics_hook.names if metrics_hook is not None else ()
+  step_kwargs = dict(loss_kwargs)
+  if getattr(train_step, "accepts_planned_batch", False):
+    step_kwargs["metrics_hook"] = metrics_hook
 
   # The reparam's init (e.g. PiSSA's SVD) runs on the params in their sharded layout.
   state = state_lib.create(parallel.shard_params(params, mesh), optimizer, weighting,
@@ -401,10 +528,15 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   history: list[dict] = []
   # The loop's own progress: sums of the steps since the last evaluation, and the weights of
   # the last epoch; both are checkpointed, so a resumed run ends like an uninterrupted one.
-  running = {"loss": 0.0, "n": 0, "noisy_w": 0.0, "total_w": 0.0}
-  final = {"weights": [], "is_noisy": [], "label": []}
-  manager = metrics_path = None
+  def fresh_sums():
+    return {"loss": 0.0, "n": 0, **{k: 0.0 for k in hook_names}, "skipped": 0}
+
+  running = fresh_sums()
+  final_fields = ("weights", *(metrics_hook.final_fields if metrics_hook else ()), "label")
+  final = {k: [] for k in final_fields}
+  manager = metrics_path = board = None
   writer = jax.process_index() == 0  # the one process that writes files besides orbax
+  latest = None
   if workdir is not None:
     os.makedirs(workdir, exist_ok=True)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -421,10 +553,11 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
       state = state_lib.TrainState(*restored["state"])
       history = _read_history(metrics_path, latest)
       if has_loop:
-        running, final = _restore_loop_progress(restored["loop"])
+        running, final = _restore_loop_progress(restored["loop"], final)
+    if tensorboard and writer:
+      board = _TensorBoard(os.path.join(workdir, "tensorboard"), latest or 0)
   checkpoint_every = checkpoint_every or eval_every
 
-  has_noise = "is_noisy" in train_ds
   fields = [k for k in ("x", "label", "id", "is_noisy", "group", "mask") if k in train_ds]
   steps_per_epoch = max(len(train_ds["label"]) // batch_size, 1)
   # The batch of step t is rows sampler.indices(t) of the training set (shuffled epochs);
@@ -441,17 +574,30 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   else:
     batches = batch_dataset(arrays, sampler, rows)
   start = int(parallel.to_host(state.step))
-  pending = []
-  in_flight = collections.deque()  # the losses of the last dispatched steps
+  # The `loop_sums` of the dispatched steps not read yet, oldest first: (step, sums).
+  unread = collections.deque()
+
+  def account(step, sums):
+    """Adds one step's sums (read from the devices) to the running sums, or stops."""
+    loss, bad_loss, bad_grads, skipped, bad_labels = (float(v) for v in sums[:5])
+    if bad_labels:
+      raise InputCheckError(step + 1, steps, desc, int(bad_labels), num_classes)
+    if skipped:
+      running["skipped"] = running.get("skipped", 0) + 1
+      return
+    if bad_loss or bad_grads:
+      raise NonFiniteError(step + 1, steps, desc, int(bad_loss), int(bad_grads))
+    running["loss"] += loss
+    running["n"] += 1
+    for name, value in zip(hook_names, sums[5:]):
+      running[name] = running.get(name, 0.0) + float(value)
 
   def flush():
-    """Adds the pending steps' metrics (on device until now) to the running sums."""
-    for loss, nw, tw in parallel.to_host(pending):
-      running["loss"] += float(loss)
-      running["n"] += 1
-      running["noisy_w"] += float(nw)
-      running["total_w"] += float(tw)
-    pending.clear()
+    """Reads every unread step's sums (on device until now) into the running sums."""
+    if unread:
+      for (step, _), sums in zip(unread, parallel.to_host([s for _, s in unread])):
+        account(step, sums)
+      unread.clear()
 
   saved = start if workdir is not None and start > 0 else None
 
@@ -466,6 +612,8 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
       manager.wait_until_finished()
       if writer:
         _write_history(metrics_path, history)
+      if board is not None:
+        board.write(history)
       saved = step
 
   def batch_of(step, previous=None):
@@ -488,21 +636,21 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
   try:
     batch = batch_of(start) if start < steps else None
     for step in bar:
-      state, metrics = train_step(state, batch, **loss_kwargs)
-      in_flight.append(metrics["mean_loss"])
-      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-        in_flight.popleft().block_until_ready()
-      last_group = {k: metrics[k] for k in GROUP_METRICS if k in metrics}
+      state, metrics = train_step(state, batch, **step_kwargs)
       # A step not from `jit_train_step` lacks the sums: one more small jitted call.
-      pending.append(metrics["loop_sums"] if "loop_sums" in metrics else
-                     _loop_sums(metrics["mean_loss"], metrics["weights"],
-                                batch.get("is_noisy")))
+      unread.append((step, metrics["loop_sums"] if "loop_sums" in metrics else
+                     _loop_sums(metrics, batch, metrics_hook)))
+      if len(unread) > MAX_STEPS_IN_FLIGHT:  # waits for that step (bounded steps in flight)
+        old, sums = unread.popleft()
+        account(old, parallel.to_host(sums))
+      last_group = {k: metrics[k] for k in GROUP_METRICS if k in metrics}
       if step >= steps - steps_per_epoch:  # fetched from the devices once, after the loop
         seen = _batch_at(batch, step) if on_device else batch
-        final["weights"].append(metrics["weights"])
-        final["label"].append(seen["label"])
-        if has_noise:
-          final["is_noisy"].append(seen["is_noisy"])
+        for k in final:
+          if k == "weights":
+            final[k].append(metrics["weights"])
+          elif k in seen:
+            final[k].append(seen[k])
       if step + 1 < steps:  # the next transfer overlaps the step just dispatched
         batch = batch_of(step + 1, batch)
       if (step + 1) % eval_every == 0 or step + 1 == steps:
@@ -511,11 +659,13 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
         row = {"step": step + 1, "train_loss": running["loss"] / max(running["n"], 1),
                "test_accuracy": ev["accuracy"],
                "test_balanced_accuracy": ev["balanced_accuracy"], "test_loss": ev["loss"]}
-        if has_noise:
-          row["noisy_weight_share"] = running["noisy_w"] / max(running["total_w"], 1e-12)
+        if metrics_hook is not None:
+          row.update(metrics_hook.row({k: running.get(k, 0.0) for k in hook_names}))
+        if skip_nonfinite:
+          row["skipped_steps"] = int(running.get("skipped", 0))
         row.update({k: np.asarray(v).tolist() for k, v in parallel.to_host(last_group).items()})
         history.append(row)
-        running.update(loss=0.0, n=0, noisy_w=0.0, total_w=0.0)
+        running = fresh_sums()
         bar.set_postfix(acc=f"{ev['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
       if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
         save(step + 1)
@@ -526,5 +676,7 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     bar.close()
     if manager is not None:
       manager.close()
+    if board is not None:
+      board.close()
   final_weights = {k: np.concatenate(parallel.to_host(v)) for k, v in final.items() if v}
   return RunResult(history, state, final_weights)

@@ -89,9 +89,30 @@ def _split_microbatches(batch, microbatches: int):
   return jax.tree.map(split, batch)
 
 
+def _count_nonfinite(tree) -> jax.Array:
+  """How many entries of a pytree's float leaves are NaN or infinite (int32)."""
+  counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return sum(counts, jnp.zeros((), jnp.int32)).astype(jnp.int32)
+
+
+def _check_input_shapes(batch) -> None:
+  """Trace-time shape checks of a classification batch (``x``, ``label``, ``mask``)."""
+  if not isinstance(batch, dict) or "label" not in batch:
+    return
+  label = batch["label"]
+  if label.ndim != 1:
+    raise ValueError(f"batch['label'] must have shape [B]; got {tuple(label.shape)}")
+  for k in ("x", "mask", "id", "group", "is_noisy"):
+    if k in batch and batch[k].shape[:1] != label.shape:
+      raise ValueError(f"batch[{k!r}] has shape {tuple(batch[k].shape)}: its first "
+                       f"dimension must be the batch size {label.shape[0]} of batch['label']")
+
+
 def make_train_step(per_example_loss: Callable, weighting: Weighting,
                     optimizer: optax.GradientTransformation, *, reparam: Reparam | None = None,
-                    microbatches: int = 1) -> Callable:
+                    microbatches: int = 1, skip_nonfinite: bool = False,
+                    check_inputs: bool = False, num_classes: int | None = None) -> Callable:
   """A pure ``train_step(state, batch, **loss_kwargs) -> (state, metrics)``.
 
   Args:
@@ -102,12 +123,27 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
       the extra argument ``grads`` too.
     reparam: optional `Reparam`; gradients then flow to ``state.trainable`` only.
     microbatches: split the batch for gradient accumulation, keeping global-batch weights.
+    skip_nonfinite: when the step's loss or gradient has a non-finite value, leave the
+      trainable parameters, optimizer state and weighting state as they were (only ``step``
+      and the key advance) and report ``skipped = 1``. Off: the update is applied as
+      computed and the caller (`reweight.train.loop.train`) stops on the counts below.
+    check_inputs: a debug option, off by default: checks the shapes of a mapping batch's
+      ``label``, ``x``, ``mask``... at trace time (a `ValueError`) and, with
+      ``num_classes``, counts the labels outside ``[0, num_classes)`` of valid examples
+      under ``jit`` (``bad_labels``; the loop stops on it). Without it such a label is
+      silently dropped by the loss under ``jit``.
+    num_classes: the label range for ``check_inputs``.
 
   Returns:
     The step; jit it (the trainer does, with the batch sharded on a mesh). ``loss_kwargs``
     (e.g. ``meta_batch``) are passed to the weighting. Metrics: ``loss`` (the weighted loss),
     ``mean_loss``, the weighting diagnostics and ``weights``; for a group method also
-    ``probs``, ``group_loss``, ``group_count`` and ``group_weight_share``.
+    ``probs``, ``group_loss``, ``group_count`` and ``group_weight_share``; always
+    ``nonfinite_loss`` (the non-finite per-example losses, or 1 when only the weighted loss
+    is non-finite) and ``nonfinite_grads`` (the non-finite gradient entries), both int32
+    counts; ``skipped`` with ``skip_nonfinite``; ``bad_labels`` with ``check_inputs`` and
+    ``num_classes``. The counts are device values: reading them is the caller's choice (the
+    loop reads them with the sums it logs, without an extra host sync per step).
   """
   if microbatches < 1:
     raise ValueError(f"microbatches={microbatches!r} must be >= 1")
@@ -116,13 +152,31 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
   optimizer = optax.with_extra_args_support(optimizer)
   loss_of_trainable = _reparam_loss(per_example_loss, reparam)
 
-  def apply_update(state, grads, weighting_state, rng):
+  def apply_update(state, grads, weighting_state, rng, loss, metrics, batch):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable, grads=grads)
     trainable = optax.apply_updates(state.trainable, updates)
+    bad_loss = jnp.asarray(metrics.get("num_nonfinite", 0), jnp.int32)
+    metrics["nonfinite_loss"] = jnp.where((bad_loss == 0) & ~jnp.isfinite(loss), 1, bad_loss)
+    metrics["nonfinite_grads"] = _count_nonfinite(grads)
+    new = (trainable, opt_state, weighting_state)
+    if skip_nonfinite:  # the whole update, or none of it
+      ok = (metrics["nonfinite_loss"] == 0) & (metrics["nonfinite_grads"] == 0)
+      old = (state.trainable, state.opt_state, state.weighting_state)
+      new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      metrics["skipped"] = (~ok).astype(jnp.int32)
+    if check_inputs and num_classes is not None and isinstance(batch, dict) and (
+        "label" in batch):
+      label = batch["label"]
+      valid = batch.get("mask", jnp.ones(label.shape, bool))
+      metrics["bad_labels"] = jnp.sum(((label < 0) | (label >= num_classes)) & valid,
+                                      dtype=jnp.int32)
+    trainable, opt_state, weighting_state = new
     return state._replace(step=state.step + 1, trainable=trainable, opt_state=opt_state,
-                          weighting_state=weighting_state, rng=rng)
+                          weighting_state=weighting_state, rng=rng), metrics
 
   def full_batch_step(state, batch, **loss_kwargs):
+    if check_inputs:
+      _check_input_shapes(batch)
     rng, key = jax.random.split(state.rng)
     loss_fn = weighted(loss_of_trainable, weighting)
     (loss, (wstate, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -131,9 +185,11 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
     metrics = {k: v for k, v in info.items() if k != "losses"}
     metrics["mean_loss"] = metrics.pop("loss")
     metrics["loss"] = loss
-    return apply_update(state, grads, wstate, rng), metrics
+    return apply_update(state, grads, wstate, rng, loss, metrics, batch)
 
   def microbatched_step(state, batch, **loss_kwargs):
+    if check_inputs:
+      _check_input_shapes(batch)
     rng, key = jax.random.split(state.rng)
     keys = jax.random.split(key, microbatches)
     mbs = _split_microbatches(batch, microbatches)
@@ -177,7 +233,7 @@ def make_train_step(per_example_loss: Callable, weighting: Weighting,
                "mean_loss": parallel.batch_mean(losses, where=valid),
                **diagnostics(weights, losses, mask),
                **group_info(wstate, weights, losses, extras.get("groups"), valid)}
-    return apply_update(state, grads, wstate, rng), metrics
+    return apply_update(state, grads, wstate, rng, metrics["loss"], metrics, batch)
 
   return full_batch_step if microbatches == 1 else microbatched_step
 

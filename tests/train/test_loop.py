@@ -14,7 +14,7 @@ import pytest
 
 import reweight
 from reweight.data import corruptions, datasets
-from reweight.train import loop
+from reweight.train import experiment, loop
 from reweight.train.models import functional, make_model
 from reweight.train.step import classification_loss, make_train_step
 
@@ -27,7 +27,8 @@ def setup(seed=0):
               per_example_loss=classification_loss(fn.apply),
               weighting=reweight.sample.loss_based("linupper", 0.5, warmup_steps=5),
               optimizer=optax.adam(1e-2), train_ds=train, test_ds=test, num_classes=10,
-              batch_size=64, seed=seed, eval_every=10, progress=False)
+              batch_size=64, seed=seed, eval_every=10, progress=False,
+              metrics_hook=experiment.NOISY_LABELS)
 
 
 def test_resume_continues_the_same_trajectory(tmp_path):
@@ -154,7 +155,7 @@ s = socket.socket(); s.bind(("localhost", 0)); port = s.getsockname()[1]; s.clos
 jax.distributed.initialize(f"localhost:{port}", num_processes=1, process_id=0)
 sys.path.insert(0, os.path.join(ROOT, "tests", "train"))
 from test_loop import setup, sigterm_at_call
-from reweight.train import loop
+from reweight.train import experiment, loop
 from reweight.train.step import make_train_step
 
 s = setup()

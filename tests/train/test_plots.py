@@ -33,3 +33,27 @@ def test_figures_are_written(tmp_path):
   path = plots.weight_histograms(fw, str(tmp_path / "w.png"))
   assert matplotlib.image.imread(path).shape[0] > 100
   assert plots.weight_histograms({"x": {"weights": np.ones(3)}}, str(tmp_path / "n.png")) == ""
+
+
+def test_every_curves_panel_has_a_legend_and_a_loss_of_another_scale_is_on_log(tmp_path,
+                                                                                monkeypatch):
+  runs = {"ce": [histories(0, 5)], "sce": [histories(1, 5)]}
+  for r in runs["sce"][0]:
+    r["train_loss"] = 40 + 10 * r["train_loss"]  # SCE's scale: CE's would be flat on linear
+  figures = []
+  plt = plots._pyplot()
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  plots.curves(runs, str(tmp_path / "c.png"))
+  (fig,) = figures
+  acc, loss = fig.axes
+  for ax in (acc, loss):
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ce", "sce"]
+    assert ax.get_xlabel() == "step" and ax.get_ylabel()
+  assert acc.get_yscale() == "linear" and loss.get_yscale() == "log"
+  plt.close(fig)
+  rng = np.random.default_rng(0)
+  fw = {"a": {"weights": rng.random(50), "is_noisy": rng.random(50) > 0.5}}
+  plots.weight_histograms(fw, str(tmp_path / "w.png"))
+  ax = figures[-1].axes[0]
+  assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+  plt.close(figures[-1])
