@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from reweight._checks import check_int
+
 # scipy (about 0.7 s to import) is imported inside `areas` and `fit`, on first use, so that
 # ``import reweight`` does not pay for it.
 
@@ -52,9 +54,7 @@ def _lrs_array(lrs, warmup_steps: int) -> np.ndarray:
     raise ValueError(f"lrs must be a non-empty 1-D sequence, got shape {eta.shape}")
   if not np.all(np.isfinite(eta)) or np.any(eta < 0):
     raise ValueError("lrs must be finite and non-negative")
-  if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) \
-      or warmup_steps < 0:
-    raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+  warmup_steps = check_int("warmup_steps", warmup_steps, 0)
   if warmup_steps:
     eta[:warmup_steps] = eta.max()
   return eta

@@ -56,13 +56,14 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from reweight import parallel
+from reweight._checks import check_choice
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -103,7 +104,8 @@ def _global_sum(x: Array, axis_name: AxisName, typed: bool) -> Array:
   return parallel.global_sum(jnp.sum(x, axis=0), axis_name, typed)
 
 
-MULTICLASS = ("sigmoid", "softmax")
+Multiclass = Literal["sigmoid", "softmax"]
+MULTICLASS = get_args(Multiclass)
 
 
 def _prepare(logits, labels, mask):
@@ -143,7 +145,7 @@ def _prepare(logits, labels, mask):
 
 
 def soft_confusion(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER,
-                   multiclass: str = "sigmoid", mask: Array | None = None,
+                   multiclass: Multiclass = "sigmoid", mask: Array | None = None,
                    axis_name: AxisName = None) -> SoftConfusion:
   """The amplified soft confusion matrix of a batch (binary or one-vs-rest per class).
 
@@ -168,8 +170,7 @@ def soft_confusion(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER
     >>> [round(float(x), 3) for x in c]  # tp, fp, fn, tn, positives, negatives
     [1.0, 1.0, 1.0, 0.0, 2.0, 1.0]
   """
-  if multiclass not in MULTICLASS:
-    raise ValueError(f"multiclass={multiclass!r} is not one of {sorted(MULTICLASS)}")
+  check_choice("multiclass", multiclass, MULTICLASS)
   logits, labels, valid = _prepare(logits, labels, mask)
   axis_name = parallel.resolve_axis_name(axis_name)
   typed = parallel.is_typed(logits, axis_name)
@@ -198,7 +199,7 @@ def _macro(per_class: Array, present: Array) -> Array:
 
 
 def f_beta_loss(logits: Array, labels: Array, beta: float = 1.0, *,
-                amplifier: float = AMPLIFIER, multiclass: str = "sigmoid",
+                amplifier: float = AMPLIFIER, multiclass: Multiclass = "sigmoid",
                 mask: Array | None = None, axis_name: AxisName = None) -> Array:
   """AnyLoss F-beta: ``1 - F_beta`` of the amplified soft confusion matrix.
 
@@ -246,7 +247,7 @@ def f_beta_loss(logits: Array, labels: Array, beta: float = 1.0, *,
 
 
 def balanced_accuracy_loss(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER,
-                           multiclass: str = "sigmoid", mask: Array | None = None,
+                           multiclass: Multiclass = "sigmoid", mask: Array | None = None,
                            axis_name: AxisName = None) -> Array:
   """AnyLoss balanced accuracy: ``1 - (TP / n_pos + TN / n_neg) / 2`` from soft counts.
 

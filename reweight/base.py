@@ -35,17 +35,17 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from reweight import parallel
+from reweight._types import PyTree, ScalarOrSchedule
 from reweight.parallel import AxisName
 
 Array = jax.Array
-PyTree = Any
 Scalar = float | int | Array
-ScalarOrSchedule = float | Callable[[Array], Array]
 
 
 class Weighting(NamedTuple):
@@ -80,16 +80,18 @@ def valid_mask(losses: Array, mask: Array | None = None) -> Array:
   Raises:
     ValueError: if ``losses`` is not 1-D or ``mask`` has another shape.
   """
-  if losses.ndim != 1:
-    raise ValueError(
-        f"losses must have shape [batch], got shape {losses.shape}; reduce token or pixel "
-        "losses to one value per example first (e.g. reweight.losses.sequence_mean)")
+  chex.assert_rank(
+      losses, 1, exception_type=ValueError,
+      custom_message=f"losses must have shape [batch], got shape {jnp.shape(losses)}; reduce "
+      "token or pixel losses to one value per example first (e.g. "
+      "reweight.losses.sequence_mean)")
   finite = jnp.isfinite(losses)
   if mask is None:
     return finite
   mask = jnp.asarray(mask)
-  if mask.shape != losses.shape:
-    raise ValueError(f"mask has shape {mask.shape} but losses have shape {losses.shape}")
+  chex.assert_shape(
+      mask, losses.shape, exception_type=ValueError,
+      custom_message=f"mask has shape {mask.shape} but losses have shape {losses.shape}")
   return finite & mask.astype(bool)
 
 
@@ -296,7 +298,7 @@ def named_chain(*named: tuple[str, Weighting], axis_name: AxisName = None) -> We
   return Weighting(init, update)
 
 
-def interpolate(weighting: Weighting, schedule: ScalarOrSchedule,
+def interpolate(weighting: Weighting, schedule: ScalarOrSchedule, *,
                 axis_name: AxisName = None) -> Weighting:
   """Blend with uniform: ``w = 1 + s(step) * (w_inner - 1)`` on valid examples.
 
@@ -324,7 +326,7 @@ def interpolate(weighting: Weighting, schedule: ScalarOrSchedule,
   return Weighting(init, update)
 
 
-def clip(weighting: Weighting, max_weight: float, axis_name: AxisName = None,
+def clip(weighting: Weighting, max_weight: float, *, axis_name: AxisName = None,
          iterations: int = 30) -> Weighting:
   """Caps weights at ``max_weight`` and redistributes the excess over the others.
 
@@ -404,7 +406,14 @@ def split_loss_output(out) -> tuple[Array, dict]:
 
 def weighting_inputs(batch: Any, aux: Mapping, params: PyTree, step, kwargs: Mapping,
                      loss_fn: Callable) -> dict[str, Any]:
-  """What a weighting sees, by the rule of DESIGN 2.2 (also used by the trainer)."""
+  """What a weighting sees (also used by the trainer).
+
+  One rule: the batch's standard fields when the batch is a mapping (``mask``, ``group``,
+  ``id`` as ``mask=``, ``groups=``, ``example_ids=``), every entry of the per-example
+  function's ``aux`` dict (e.g. ``logits``, ``labels``), any keyword passed to the loss
+  (e.g. ``meta_batch``, ``ref_losses``), and ``params`` (no gradient), ``batch``,
+  ``loss_fn`` and ``step``. Any other pytree batch passes through untouched.
+  """
   extras: dict[str, Any] = {}
   if isinstance(batch, Mapping):
     for field, name in _STANDARD_FIELDS:
@@ -435,6 +444,19 @@ def weighted_mean(losses: Array, weights: Array, valid: Array, axis_name: AxisNa
   return total / jnp.maximum(n, 1.0)
 
 
+def _check_losses(losses) -> None:
+  """The per-example losses of `weighted`: a float array of shape ``[batch]``."""
+  chex.assert_type(
+      losses, float, exception_type=TypeError,
+      custom_message="per_example_loss_fn must return float losses (one per example), got "
+      f"dtype {getattr(losses, 'dtype', type(losses).__name__)}")
+  chex.assert_rank(
+      losses, 1, exception_type=ValueError,
+      custom_message=f"per_example_loss_fn must return losses of shape [batch], got shape "
+      f"{jnp.shape(losses)}; reduce token or pixel losses to one value per example first "
+      "(e.g. reweight.losses.sequence_mean)")
+
+
 def _check_batch_axes(losses: Array, axis_name: AxisName) -> None:
   parallel.is_typed(losses, axis_name)  # raises if the batch is replicated over some axes
   varying = parallel.varying_axes(losses)
@@ -447,7 +469,7 @@ def _check_batch_axes(losses: Array, axis_name: AxisName) -> None:
         "the global batch")
 
 
-def weighted(per_example_loss_fn: Callable, weighting: Weighting,
+def weighted(per_example_loss_fn: Callable, weighting: Weighting, *,
              axis_name: AxisName = None) -> Callable:
   """Turns a per-example loss function into a weighted scalar loss.
 
@@ -533,6 +555,7 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
   def _loss(axis_name, params, batch, weighting_state, step, kwargs):
     fn_kwargs = kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
     losses, aux = split_loss_output(per_example_loss_fn(params, batch, **fn_kwargs))
+    _check_losses(losses)
     _check_batch_axes(losses, axis_name)
 
     def losses_only(p, b):
@@ -543,6 +566,10 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting,
     weights, new_state = weighting.update(
         jax.lax.stop_gradient(losses), weighting_state, mask=mask, **extras)
     weights = jax.lax.stop_gradient(weights)
+    chex.assert_equal_shape(
+        [weights, losses], exception_type=ValueError,
+        custom_message=f"the weighting returned weights of shape {jnp.shape(weights)} for "
+        f"per-example losses of shape {losses.shape}")
     valid = valid_mask(losses, mask)
     loss = weighted_mean(losses, weights, valid, axis_name)
     info = {

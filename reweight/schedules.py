@@ -29,32 +29,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import jax.numpy as jnp
 import numpy as np
 
 from reweight import annealing_law  # noqa: F401  (re-exported: `schedules.annealing_law`)
+from reweight._checks import check_choice, check_int
 
 # scipy.ndimage is imported inside `refined_values`, on first use, so that
 # ``import reweight`` does not pay for scipy.
 
 Schedule = Callable[..., jnp.ndarray]
 
-DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "square", "exp", "inverse")
-_COOLDOWNS = ("cosine", "inv_sqrt")
-_NORMS = ("l2", "l1")
+DecayShape = Literal["linear", "cosine", "1-sqrt", "square", "exp", "inverse"]
+DECAY_SHAPES = get_args(DecayShape)
+Cooldown = Literal["cosine", "inv_sqrt"]
+_COOLDOWNS = get_args(Cooldown)
+Norm = Literal["l2", "l1"]
+_NORMS = get_args(Norm)
 
 
 # ----------------------------------------------------------------------------------------
 # Validation helpers.
-
-
-def _check_int(name: str, value, minimum: int = 0) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-  if value < minimum:
-    raise ValueError(f"{name}={value!r} must be >= {minimum}")
-  return int(value)
 
 
 def _check_float(name: str, value, lo: float | None = None, hi: float | None = None,
@@ -73,12 +70,6 @@ def _check_float(name: str, value, lo: float | None = None, hi: float | None = N
   return value
 
 
-def _check_choice(name: str, value, valid: Sequence[str]) -> str:
-  if value not in valid:
-    raise ValueError(f"{name}={value!r} is not one of {sorted(valid)}")
-  return value
-
-
 def _as_time(step) -> jnp.ndarray:
   return jnp.asarray(step).astype(jnp.float32)
 
@@ -89,7 +80,7 @@ def _as_time(step) -> jnp.ndarray:
 
 def _decay_multiplier(shape: str, final_ratio: float) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """m(p) for p in [0, 1], with m(0) = 1 and m(1) = final_ratio."""
-  _check_choice("shape", shape, DECAY_SHAPES)
+  check_choice("shape", shape, DECAY_SHAPES)
   r = final_ratio
   if shape in ("exp", "inverse") and r <= 0:
     raise ValueError(
@@ -116,7 +107,7 @@ def _decay_multiplier(shape: str, final_ratio: float) -> Callable[[jnp.ndarray],
 
 def wsd(peak: float, total_steps: int, warmup_steps: int = 0,
         decay_fraction: float | None = None, decay_steps: int | None = None,
-        shape: str = "linear", final_ratio: float = 0.0,
+        shape: DecayShape = "linear", final_ratio: float = 0.0,
         init_ratio: float = 0.0) -> Schedule:
   r"""Warmup-stable-decay: linear warmup, constant at ``peak``, decay at the end.
 
@@ -175,8 +166,8 @@ def wsd(peak: float, total_steps: int, warmup_steps: int = 0,
     Beyond Fixed Training Durations", NeurIPS 2024 (the 1-sqrt cooldown).
   """
   peak = _check_float("peak", peak, lo=0.0)
-  total_steps = _check_int("total_steps", total_steps, minimum=1)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
+  total_steps = check_int("total_steps", total_steps, minimum=1)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
   final_ratio = _check_float("final_ratio", final_ratio, lo=0.0, hi=1.0)
   init_ratio = _check_float("init_ratio", init_ratio, lo=0.0, hi=1.0)
   if (decay_fraction is None) == (decay_steps is None):
@@ -186,7 +177,7 @@ def wsd(peak: float, total_steps: int, warmup_steps: int = 0,
   if decay_fraction is not None:
     decay_fraction = _check_float("decay_fraction", decay_fraction, lo=0.0, hi=1.0)
     decay_steps = int(round(decay_fraction * total_steps))
-  decay_steps = _check_int("decay_steps", decay_steps)
+  decay_steps = check_int("decay_steps", decay_steps)
   if warmup_steps + decay_steps > total_steps:
     raise ValueError(
         f"warmup_steps={warmup_steps} + decay steps={decay_steps} exceeds "
@@ -239,7 +230,7 @@ def wsd_s_boundaries(budgets: Sequence[int], decay_fraction: float = 0.1
                                 lo_open=True)
   if len(budgets) == 0:
     raise ValueError(f"budgets={budgets!r} must be a non-empty increasing sequence")
-  budgets = [_check_int(f"budgets[{k}]", b, minimum=1) for k, b in enumerate(budgets)]
+  budgets = [check_int(f"budgets[{k}]", b, minimum=1) for k, b in enumerate(budgets)]
   for k in range(1, len(budgets)):
     if budgets[k] <= budgets[k - 1]:
       raise ValueError(f"budgets={budgets!r} must be strictly increasing")
@@ -255,7 +246,7 @@ def wsd_s_boundaries(budgets: Sequence[int], decay_fraction: float = 0.1
 
 def wsd_s(peak: float, budgets: Sequence[int], decay_fraction: float = 0.1,
           final_ratio: float = 0.1, warmup_steps: int = 0,
-          shape: str = "linear") -> Schedule:
+          shape: DecayShape = "linear") -> Schedule:
   r"""WSD-S: one run that produces a decayed model for each of several budgets.
 
   The run is stable at ``peak`` except in the windows ``[s_k, e_k)`` of
@@ -289,7 +280,7 @@ def wsd_s(peak: float, budgets: Sequence[int], decay_fraction: float = 0.1,
   """
   peak = _check_float("peak", peak, lo=0.0)
   final_ratio = _check_float("final_ratio", final_ratio, lo=0.0, hi=1.0)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
   windows = wsd_s_boundaries(budgets, decay_fraction)
   if warmup_steps > windows[0][0]:
     raise ValueError(
@@ -352,12 +343,12 @@ def cyclic_cosine(peak: float, cycle_steps: int | Sequence[int], final_ratio: fl
   """
   peak = _check_float("peak", peak, lo=0.0)
   final_ratio = _check_float("final_ratio", final_ratio, lo=0.0, hi=1.0)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
   periodic = np.ndim(cycle_steps) == 0
   lengths = [cycle_steps] if periodic else np.asarray(cycle_steps).tolist()
   if not lengths:
     raise ValueError(f"cycle_steps={cycle_steps!r} must be non-empty")
-  lengths = [_check_int("cycle_steps", c, minimum=1) for c in lengths]
+  lengths = [check_int("cycle_steps", c, minimum=1) for c in lengths]
   if warmup_steps >= min(lengths):
     raise ValueError(
         f"warmup_steps={warmup_steps} must be smaller than every cycle length "
@@ -398,7 +389,7 @@ def cyclic_cosine(peak: float, cycle_steps: int | Sequence[int], final_ratio: fl
 
 def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: float,
              anneal_start: int, total_steps: int, min_value: float,
-             cooldown: str = "cosine", alpha: float = 8.0) -> Schedule:
+             cooldown: Cooldown = "cosine", alpha: float = 8.0) -> Schedule:
   r"""The infinite LR schedule: warmup, cooldown to a constant, constant, final annealing.
 
   With W = ``warmup_steps``, C = ``cooldown_steps``, x = (t - W) / C:
@@ -444,13 +435,13 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
     Language Models", TMLR 2024.
   """
   peak = _check_float("peak", peak, lo=0.0, lo_open=True)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
-  cooldown_steps = _check_int("cooldown_steps", cooldown_steps)
-  anneal_start = _check_int("anneal_start", anneal_start)
-  total_steps = _check_int("total_steps", total_steps, minimum=1)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
+  cooldown_steps = check_int("cooldown_steps", cooldown_steps)
+  anneal_start = check_int("anneal_start", anneal_start)
+  total_steps = check_int("total_steps", total_steps, minimum=1)
   const_value = _check_float("const_value", const_value, lo=0.0, hi=peak, lo_open=True)
   min_value = _check_float("min_value", min_value, lo=0.0, hi=const_value, lo_open=True)
-  _check_choice("cooldown", cooldown, _COOLDOWNS)
+  check_choice("cooldown", cooldown, _COOLDOWNS)
   alpha = _check_float("alpha", alpha, lo=0.0, lo_open=True)
   if warmup_steps + cooldown_steps > anneal_start:
     raise ValueError(
@@ -481,7 +472,7 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
 
 
 def rewarm(peak: float, total_steps: int, warmup_steps: int, init_value: float = 0.0,
-           final_ratio: float = 0.1, shape: str = "cosine") -> Schedule:
+           final_ratio: float = 0.1, shape: DecayShape = "cosine") -> Schedule:
   r"""Re-warm then re-decay, for continuing training on new data.
 
   The form chosen here (the "re-warming and re-decaying" baseline of Ibrahim et al.):
@@ -517,8 +508,8 @@ def rewarm(peak: float, total_steps: int, warmup_steps: int, init_value: float =
   """
   peak = _check_float("peak", peak, lo=0.0, lo_open=True)
   init_value = _check_float("init_value", init_value, lo=0.0, hi=peak)
-  total_steps = _check_int("total_steps", total_steps, minimum=1)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
+  total_steps = check_int("total_steps", total_steps, minimum=1)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
   if warmup_steps > total_steps:
     raise ValueError(f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}")
   return wsd(peak, total_steps, warmup_steps, decay_steps=total_steps - warmup_steps,
@@ -551,8 +542,8 @@ def linear_decay(peak: float, total_steps: int, warmup_steps: int = 0,
     Bergsma et al., "Straight to Zero: Why Linearly Decaying the Learning Rate to Zero
     Works Best for LLMs", ICLR 2025.
   """
-  total_steps = _check_int("total_steps", total_steps, minimum=1)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
+  total_steps = check_int("total_steps", total_steps, minimum=1)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
   if warmup_steps > total_steps:
     raise ValueError(f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}")
   return wsd(peak, total_steps, warmup_steps, decay_steps=total_steps - warmup_steps,
@@ -560,7 +551,7 @@ def linear_decay(peak: float, total_steps: int, warmup_steps: int = 0,
 
 
 def moderate_decay(peak: float, total_steps: int, final_ratio: float = 0.3,
-                   shape: str = "cosine", warmup_steps: int = 0) -> Schedule:
+                   shape: DecayShape = "cosine", warmup_steps: int = 0) -> Schedule:
   r"""A decay that ends only moderately below the peak.
 
   Same as `linear_decay` with a configurable ``shape`` (as in `wsd`) and a final value
@@ -591,8 +582,8 @@ def moderate_decay(peak: float, total_steps: int, final_ratio: float = 0.3,
     Pretraining", 2025.
   """
   final_ratio = _check_float("final_ratio", final_ratio, lo=0.0, hi=1.0, lo_open=True)
-  total_steps = _check_int("total_steps", total_steps, minimum=1)
-  warmup_steps = _check_int("warmup_steps", warmup_steps)
+  total_steps = check_int("total_steps", total_steps, minimum=1)
+  warmup_steps = check_int("warmup_steps", warmup_steps)
   if warmup_steps > total_steps:
     raise ValueError(f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}")
   return wsd(peak, total_steps, warmup_steps, decay_steps=total_steps - warmup_steps,
@@ -603,7 +594,7 @@ def moderate_decay(peak: float, total_steps: int, final_ratio: float = 0.3,
 # Refined schedule.
 
 
-def refined_values(grad_norms, norm: str = "l2", median_fraction: float = 0.1
+def refined_values(grad_norms, norm: Norm = "l2", median_fraction: float = 0.1
                    ) -> np.ndarray:
   r"""The per-step multipliers of `refined` (max 1, last 0) as a float64 NumPy array.
 
@@ -619,7 +610,7 @@ def refined_values(grad_norms, norm: str = "l2", median_fraction: float = 0.1
   Returns:
     An array of shape [T].
   """
-  _check_choice("norm", norm, _NORMS)
+  check_choice("norm", norm, _NORMS)
   median_fraction = _check_float("median_fraction", median_fraction, lo=0.0, hi=1.0)
   g = np.asarray(grad_norms, np.float64)
   if g.ndim != 1 or g.shape[0] < 2:
@@ -638,7 +629,7 @@ def refined_values(grad_norms, norm: str = "l2", median_fraction: float = 0.1
   return v / np.max(v)
 
 
-def refined(grad_norms, norm: str = "l2", median_fraction: float = 0.1,
+def refined(grad_norms, norm: Norm = "l2", median_fraction: float = 0.1,
             peak: float = 1.0) -> Schedule:
   r"""A schedule refined from a previous run's per-step gradient norms.
 

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,8 @@ from jax.sharding import PartitionSpec as P
 
 from reweight import parallel
 
-MODES = ("single", "jit_sharded", "shard_map", "pmap")
+Mode = Literal["single", "jit_sharded", "shard_map", "pmap"]
+MODES = get_args(Mode)
 
 
 def _check_modes(modes: Sequence[str]) -> None:
@@ -261,7 +262,7 @@ def loss_layouts(make_loss: Callable[..., Callable], params, batch: Mapping[str,
 
 
 def differences(results: Mapping[str, Mapping[str, np.ndarray]],
-                reference: str = "single") -> dict[str, float]:
+                reference: Mode = "single") -> dict[str, float]:
   """`max_difference` of every layout against ``reference``."""
   return {m: max_difference(results, reference, m) for m in results}
 

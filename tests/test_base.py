@@ -106,7 +106,7 @@ def test_weighted_loss_and_gradient_against_numpy():
   batch = {"x": x, "y": y, "mask": mask, "id": np.arange(16), "group": y % 2}
   (loss, (_, info)), g = jax.value_and_grad(loss_fn, has_aux=True)(
       jnp.asarray(theta), batch, weighting.init(), step=3, ref_losses=jnp.zeros(16))
-  # What the weighting saw (DESIGN 2.2).
+  # What the weighting saw (the rule of `reweight.base.weighting_inputs`).
   assert {"mask", "groups", "example_ids", "logits", "params", "batch", "loss_fn", "step",
           "ref_losses"} <= set(seen)
   np.testing.assert_array_equal(seen["example_ids"], np.arange(16))
@@ -148,3 +148,22 @@ def test_bad_per_example_outputs():
   loss_fn = reweight.weighted(lambda p, b: b, reweight.uniform())
   with pytest.raises(ValueError, match="shape \\[batch\\]"):
     loss_fn(0.0, jnp.ones((2, 2)), None)
+
+
+def test_entry_point_checks_name_the_argument():
+  """chex checks at `weighted` and `valid_mask`: the error names the offending argument."""
+  loss_fn = reweight.weighted(lambda p, b: b, reweight.uniform())
+  with pytest.raises(ValueError, match="per_example_loss_fn must return losses of shape"):
+    loss_fn(0.0, jnp.ones((2, 2)), None)
+  with pytest.raises(TypeError, match="per_example_loss_fn must return float losses"):
+    loss_fn(0.0, jnp.ones(2, jnp.int32), None)
+  bad = base.Weighting(lambda key=None: None, lambda losses, state, **kw: (jnp.ones(3), state))
+  with pytest.raises(ValueError, match=r"weights of shape \(3,\) for per-example losses of shape"):
+    reweight.weighted(lambda p, b: b, bad)(0.0, jnp.ones(2), None)
+  with pytest.raises(ValueError, match=r"losses must have shape \[batch\]"):
+    base.valid_mask(jnp.ones((2, 2)))
+  with pytest.raises(ValueError, match=r"mask has shape \(3,\) but losses have shape \(2,\)"):
+    base.valid_mask(jnp.ones(2), jnp.ones(3, bool))
+  # Under jit the shapes are static: the same errors at trace time.
+  with pytest.raises(ValueError, match="mask has shape"):
+    jax.jit(base.valid_mask)(jnp.ones(2), jnp.ones(3, bool))

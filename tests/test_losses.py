@@ -1,8 +1,10 @@
 """Every loss against a NumPy re-derivation (float64), including extreme logits and bf16."""
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy.special import log_softmax as np_log_softmax
 from scipy.special import logsumexp as np_logsumexp
 
@@ -131,3 +133,20 @@ def test_bad_hyperparameters():
     losses.softmax_cross_entropy(jnp.zeros((1, 2)), jnp.array([0]), label_smoothing=1.5)
   with pytest.raises(ValueError, match="'hinge' is not one of"):
     losses.get("hinge")
+
+
+class LossesVariantsTest(chex.TestCase):
+  """The losses are pure functions: the same values with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(CASES))
+  def test_against_numpy(self, name):
+    rng = np.random.default_rng(2)
+    logits = (rng.normal(size=(4, 8, C)) * 30.0).astype(np.float32)
+    labels = rng.integers(0, C, (4, 8))
+    ours, ref = CASES[name]
+    out = self.variant(ours)(jnp.asarray(logits), jnp.asarray(labels))
+    chex.assert_shape(out, (4, 8))
+    chex.assert_type(out, jnp.float32)
+    chex.assert_tree_all_finite(out)
+    np.testing.assert_allclose(out, ref(logits, labels), rtol=2e-5, atol=1e-5)

@@ -75,10 +75,10 @@ def test_reductions_under_shard_map_match_numpy():
   assert "divisible by 8" in res["err"]
 
 
-# The shard_map convention (DESIGN 3): inside jax.shard_map with JAX's default check_vma=True,
-# value_and_grad of reweight.weighted(f, w, axis_name="data") is the global loss and the
-# global gradient on every device, with no psum written by the user; under pmap (and
-# check_vma=False) the loss is global and the gradients are psum-ed.
+# The shard_map convention (global-batch semantics): inside jax.shard_map with JAX's default
+# check_vma=True, value_and_grad of reweight.weighted(f, w, axis_name="data") is the global
+# loss and the global gradient on every device, with no psum written by the user; under pmap
+# (and check_vma=False) the loss is global and the gradients are psum-ed.
 RECIPE_CODE = """
 import json, numpy as np, jax, jax.numpy as jnp
 from jax.sharding import PartitionSpec as P

@@ -2,12 +2,14 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import scipy.ndimage
+from absl.testing import parameterized
 
 from reweight import schedules
 
@@ -312,3 +314,41 @@ def test_refined_validates(args, match):
 def test_annealing_law_importable_from_schedules():
   from reweight.schedules import annealing_law
   assert hasattr(annealing_law, "fit") and hasattr(annealing_law, "areas")
+
+
+# ----------------------------------------------------------------------------------------
+# With and without jit (chex variants, as optax's own tests).
+
+_VARIANT_SCHEDULES = {
+    "wsd_s": lambda: schedules.wsd_s(1.0, [100, 200, 400], warmup_steps=5),
+    "cyclic_cosine": lambda: schedules.cyclic_cosine(1.0, [50, 70], warmup_steps=5),
+    "infinite": lambda: schedules.infinite(1.0, 5, 10, 0.5, 60, 80, 0.01, cooldown="inv_sqrt"),
+    "refined": lambda: schedules.refined(np.linspace(1.0, 2.0, 30)),
+    "moderate_decay": lambda: schedules.moderate_decay(1.0, 100, warmup_steps=5),
+}
+
+
+class SchedulesVariantsTest(chex.TestCase):
+  """Every schedule is a pure function of the step: the same values with and without jit."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*schedules.DECAY_SHAPES)
+  def test_wsd_closed_form(self, shape):
+    peak, total, warmup, decay, r, init = 3e-3, 60, 5, 20, 0.1, 0.2
+    s = self.variant(schedules.wsd(peak, total, warmup, decay_steps=decay, shape=shape,
+                                   final_ratio=r, init_ratio=init))
+    t = np.arange(0, total + 5)
+    ref = [np_wsd(int(x), peak, total, warmup, decay, shape, r, init) for x in t]
+    np.testing.assert_allclose(np.asarray(s(jnp.asarray(t)), np.float64), ref, rtol=1e-5,
+                               atol=1e-9)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*sorted(_VARIANT_SCHEDULES))
+  def test_vectorized_equals_per_step(self, name):
+    s = _VARIANT_SCHEDULES[name]()
+    t = np.arange(0, 130, 7)
+    got = self.variant(s)(jnp.asarray(t))
+    chex.assert_shape(got, t.shape)
+    chex.assert_tree_all_finite(got)
+    per_step = [float(s(int(x))) for x in t]
+    np.testing.assert_allclose(np.asarray(got, np.float64), per_step, rtol=1e-6)

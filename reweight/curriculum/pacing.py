@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import jax.numpy as jnp
-import numpy as np
+
+from reweight._checks import check_choice, check_int
 
 Schedule = Callable[..., jnp.ndarray]
 
-PACING_KINDS = ("linear", "quad", "root", "step", "exp", "log")
+PacingKind = Literal["linear", "quad", "root", "step", "exp", "log"]
+PACING_KINDS = get_args(PacingKind)
 _C = 10.0  # the growth constant of the exp / log families (Wu et al. use 10)
-
-
-def _check_int(name, value, minimum=0):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-  return int(value)
 
 
 def _check_ab(a, b):
@@ -50,7 +47,7 @@ def _check_ab(a, b):
 
 def _family(kind: str, total_steps: int, a: float, b: float,
             shape: Callable[[jnp.ndarray], jnp.ndarray]) -> Schedule:
-  total_steps = _check_int("total_steps", total_steps, minimum=1)
+  total_steps = check_int("total_steps", total_steps, minimum=1)
   a, b = _check_ab(a, b)
   horizon = a * total_steps
 
@@ -149,7 +146,7 @@ def step(total_steps: int, a: float = 0.8, b: float = 0.2, num_stages: int = 1) 
   References:
     Wu, Dyer & Neyshabur, "When Do Curricula Work?", ICLR 2021.
   """
-  k = _check_int("num_stages", num_stages, minimum=1)
+  k = check_int("num_stages", num_stages, minimum=1)
   return _family("step", total_steps, a, b, lambda x: jnp.floor(k * x) / k)
 
 
@@ -198,7 +195,7 @@ def log(total_steps: int, a: float = 0.8, b: float = 0.2) -> Schedule:
                  lambda x: jnp.log1p(jnp.minimum(x, 1.0) / eps) / _C)
 
 
-def pacing_function(kind: str, total_steps: int, a: float = 0.8, b: float = 0.2) -> Schedule:
+def pacing_function(kind: PacingKind, total_steps: int, a: float = 0.8, b: float = 0.2) -> Schedule:
   """The Wu et al. pacing family ``kind`` (one of `PACING_KINDS`), by name.
 
   Examples:
@@ -208,8 +205,7 @@ def pacing_function(kind: str, total_steps: int, a: float = 0.8, b: float = 0.2)
   """
   fns = {"linear": linear, "quad": quad, "root": root, "step": step, "exp": exp,
          "log": log}
-  if kind not in fns:
-    raise ValueError(f"kind={kind!r} is not one of {sorted(fns)}")
+  check_choice("kind", kind, fns)
   return fns[kind](total_steps, a, b)
 
 
@@ -243,8 +239,8 @@ def hacohen_exponential(num_examples: int, s: float = 0.04, inc: float = 1.9,
     Hacohen & Weinshall, "On The Power of Curriculum Learning in Training Deep Networks",
     ICML 2019.
   """
-  n = _check_int("num_examples", num_examples, minimum=1)
-  step_length = _check_int("step_length", step_length, minimum=1)
+  n = check_int("num_examples", num_examples, minimum=1)
+  step_length = check_int("step_length", step_length, minimum=1)
   s, inc = float(s), float(inc)
   if not (math.isfinite(s) and 0.0 < s <= 1.0):
     raise ValueError(f"s={s!r} must be in (0, 1]")
@@ -315,12 +311,12 @@ def deepspeed_fixed_root(min_difficulty: int, max_difficulty: int, total_steps: 
     Warmup for Training GPT Models", NeurIPS 2022; DeepSpeed curriculum learning
     tutorial (``fixed_root`` / ``fixed_linear`` schedules).
   """
-  lo = _check_int("min_difficulty", min_difficulty)
-  hi = _check_int("max_difficulty", max_difficulty)
+  lo = check_int("min_difficulty", min_difficulty)
+  hi = check_int("max_difficulty", max_difficulty)
   if hi < lo:
     raise ValueError(f"max_difficulty={hi} must be >= min_difficulty={lo}")
-  total = _check_int("total_steps", total_steps, minimum=1)
-  ds = _check_int("difficulty_step", difficulty_step, minimum=1)
+  total = check_int("total_steps", total_steps, minimum=1)
+  ds = check_int("difficulty_step", difficulty_step, minimum=1)
   root = float(root)
   if not (math.isfinite(root) and root > 0):
     raise ValueError(f"root={root!r} must be > 0")
@@ -378,8 +374,8 @@ def deepspeed_fixed_discrete(difficulties: Sequence[int], max_steps: Sequence[in
   References:
     DeepSpeed curriculum learning tutorial (``fixed_discrete`` schedule).
   """
-  diffs = [_check_int(f"difficulties[{i}]", d) for i, d in enumerate(difficulties)]
-  steps_ = [_check_int(f"max_steps[{i}]", s) for i, s in enumerate(max_steps)]
+  diffs = [check_int(f"difficulties[{i}]", d) for i, d in enumerate(difficulties)]
+  steps_ = [check_int(f"max_steps[{i}]", s) for i, s in enumerate(max_steps)]
   if len(diffs) != len(steps_) + 1:
     raise ValueError(
         f"max_steps must have one entry fewer than difficulties, got {len(steps_)} and "

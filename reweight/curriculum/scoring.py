@@ -34,6 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from reweight import parallel
+from reweight._checks import check_int
 
 
 class LossEmaState(NamedTuple):
@@ -69,9 +70,7 @@ def init_loss_ema(num_examples: int, *, mesh: Mesh | None = None,
     >>> tuple(scoring.init_loss_ema(8, mesh=parallel.make_mesh(1)).ema.sharding.spec)
     ('data',)
   """
-  if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
-      or num_examples < 1:
-    raise ValueError(f"num_examples={num_examples!r} must be an integer >= 1")
+  num_examples = check_int("num_examples", num_examples, 1)
   n = int(num_examples)
   state = LossEmaState(ema=jnp.zeros((n,), jnp.float32), count=jnp.zeros((n,), jnp.int32))
   if mesh is not None:

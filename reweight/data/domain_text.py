@@ -65,8 +65,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from reweight._checks import check_int
 from reweight.data import text
-from reweight.data.text import _check_int
 
 DOMAINS = ("code", "prose", "licenses", "tables")
 NOISE = "noise"
@@ -318,9 +318,9 @@ def domain_corpus(max_bytes_per_domain: int = 1 << 19, *, validation_every: int 
     >>> len(c.train[4]), c.train[5][:9].tobytes()
     (0, b'The quick')
   """
-  max_bytes = _check_int("max_bytes_per_domain", max_bytes_per_domain, 1)
-  every = _check_int("validation_every", validation_every, 2)
-  max_file_bytes = _check_int("max_file_bytes", max_file_bytes, 1)
+  max_bytes = check_int("max_bytes_per_domain", max_bytes_per_domain, 1)
+  every = check_int("validation_every", validation_every, 2)
+  max_file_bytes = check_int("max_file_bytes", max_file_bytes, 1)
   names, train, val, train_files, val_files = [], [], [], [], []
   for domain, sources in domain_sources(root).items():
     chosen = _select(domain, sources, max_bytes, max_file_bytes)
@@ -422,10 +422,10 @@ def domain_lm_batch(corpus: DomainCorpus, groups: np.ndarray, step: int, *, seq_
     ((4, 16), [0, 3, 4, 5], True)
   """
   groups = _check_groups(corpus, groups)
-  seq_len = _check_int("seq_len", seq_len, 1)
-  seed = _check_int("seed", seed, 0)
-  step = _check_int("step", step, 0)
-  offset = _check_int("slot_offset", slot_offset, 0)
+  seq_len = check_int("seq_len", seq_len, 1)
+  seed = check_int("seed", seed, 0)
+  step = check_int("step", step, 0)
+  offset = check_int("slot_offset", slot_offset, 0)
   lengths = np.diff(corpus.offsets)
   is_noise = groups == corpus.noise_id
   too_short = np.flatnonzero(lengths < seq_len + 1)
@@ -475,7 +475,7 @@ def domain_eval_windows(corpus: DomainCorpus, seq_len: int, max_windows_per_doma
     >>> ev["x"].shape, ev["group"].tolist()[:7]
     ((18, 32), [0, 0, 0, 1, 1, 1, 2])
   """
-  max_windows = _check_int("max_windows_per_domain", max_windows_per_domain, 1)
+  max_windows = check_int("max_windows_per_domain", max_windows_per_domain, 1)
   xs, ys, gs = [], [], []
   for g, val in enumerate(corpus.validation):
     w = text.eval_windows(val, seq_len, max_windows)

@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from reweight._checks import check_int
 from reweight.group.policy import check_num_groups, check_probs
 
 ONLINE_MIXTURE_SALT = 0x6F6E6D78
@@ -113,12 +114,6 @@ class OnlineMixtureSampler(NamedTuple):
   update_every: int
   process_index: int
   process_count: int
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-  return int(value)
 
 
 _BLOCK = 1 << 64  # Philox counter values of a step's block in the second stream
@@ -341,16 +336,16 @@ def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int
     NeurIPS 2023. Albalak et al., "Efficient Online Data Mixing For Language Model
     Pre-Training", 2023.
   """
-  batch = _check_int("global_batch_size", global_batch_size, 1)
-  seed = _check_int("seed", seed, 0)
-  update_every = _check_int("update_every", update_every, 1)
+  batch = check_int("global_batch_size", global_batch_size, 1)
+  seed = check_int("seed", seed, 0)
+  update_every = check_int("update_every", update_every, 1)
   if process_index is None or process_count is None:
     import jax  # only when the caller leaves the process layout to JAX
 
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-  process_count = _check_int("process_count", process_count, 1)
-  process_index = _check_int("process_index", process_index, 0)
+  process_count = check_int("process_count", process_count, 1)
+  process_index = check_int("process_index", process_index, 0)
   if process_index >= process_count:
     raise ValueError(f"process_index={process_index} must be < process_count={process_count}")
   if batch % process_count:
@@ -536,7 +531,7 @@ def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int
   cached = [None]  # (layout, first step, step count, slots, members) of the last block
 
   def rows_for(step, probs):
-    step = _check_int("step", step, 0)
+    step = check_int("step", step, 0)
     lay = layout(probs)
     c = cached[0]
     if c is not None and c[0] is lay and c[1] <= step < c[1] + c[2]:
@@ -567,7 +562,7 @@ def online_mixture_sampler(global_batch_size: int, seed: int, *, num_groups: int
     return OnlineMixtureState(np.array(p, np.float64), np.asarray(0, np.int64))
 
   def refresh(state: OnlineMixtureState, step: int, probs) -> OnlineMixtureState:
-    step = _check_int("step", step, 0)
+    step = check_int("step", step, 0)
     if step % update_every:
       return state
     return OnlineMixtureState(layout(probs).probs, np.asarray(step, np.int64))

@@ -40,6 +40,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from reweight._checks import check_int
+
 VOCAB_SIZE = 256
 EXCLUDED_DIRS = ("site-packages", "dist-packages", "__pycache__")
 WINDOW_SALT = 0x74657874
@@ -77,12 +79,6 @@ def stdlib_root() -> str:
     True
   """
   return sysconfig.get_paths()["stdlib"]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-  return int(value)
 
 
 @functools.lru_cache(maxsize=8)
@@ -124,7 +120,7 @@ def source_files(root: str | None = None, max_file_bytes: int = 65536
   root = stdlib_root() if root is None else os.fspath(root)
   if not os.path.isdir(root):
     raise ValueError(f"root={root!r} is not a directory")
-  max_file_bytes = _check_int("max_file_bytes", max_file_bytes, 1)
+  max_file_bytes = check_int("max_file_bytes", max_file_bytes, 1)
   files = [(p, s) for p, s in _listing(os.path.abspath(root)) if 0 < s <= max_file_bytes]
   return sorted(files, key=lambda f: (zlib.crc32(f[0].encode("utf-8")), f[0]))
 
@@ -159,8 +155,8 @@ def stdlib_corpus(max_bytes: int = 1 << 20, validation_every: int = 10,
     >>> set(corpus.train_files).isdisjoint(corpus.validation_files)
     True
   """
-  max_bytes = _check_int("max_bytes", max_bytes, 1)
-  validation_every = _check_int("validation_every", validation_every, 2)
+  max_bytes = check_int("max_bytes", max_bytes, 1)
+  validation_every = check_int("validation_every", validation_every, 2)
   root = stdlib_root() if root is None else os.fspath(root)
   files = source_files(root, max_file_bytes)
   chosen, total = [], 0
@@ -237,11 +233,11 @@ def window_starts(num_tokens: int, seq_len: int, batch_size: int, seed: int, ste
     >>> s.shape, bool((s >= 0).all() and (s + 64 < 1000).all())
     ((4,), True)
   """
-  num_tokens = _check_int("num_tokens", num_tokens, 1)
-  seq_len = _check_int("seq_len", seq_len, 1)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  seed = _check_int("seed", seed, 0)
-  step = _check_int("step", step, 0)
+  num_tokens = check_int("num_tokens", num_tokens, 1)
+  seq_len = check_int("seq_len", seq_len, 1)
+  batch_size = check_int("batch_size", batch_size, 1)
+  seed = check_int("seed", seed, 0)
+  step = check_int("step", step, 0)
   if num_tokens < seq_len + 1:
     raise ValueError(f"num_tokens={num_tokens} is too short for seq_len={seq_len} (+1 target)")
   rng = np.random.default_rng([WINDOW_SALT, seed, step])
@@ -261,7 +257,7 @@ def windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[str, n
   """
   tokens = np.asarray(tokens)
   starts = np.asarray(starts, dtype=np.int64)
-  seq_len = _check_int("seq_len", seq_len, 1)
+  seq_len = check_int("seq_len", seq_len, 1)
   if starts.size and (starts.min() < 0 or starts.max() + seq_len >= len(tokens)):
     raise ValueError(
         f"starts span [{starts.min()}, {starts.max()}]: windows of {seq_len} + 1 tokens "
@@ -317,10 +313,10 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = Non
     >>> out["x"].tolist(), out["label"].tolist()
     ([[0, 1, 2, 3], [4, 5, 6, 7]], [[1, 2, 3, 4], [5, 6, 7, 8]])
   """
-  seq_len = _check_int("seq_len", seq_len, 1)
+  seq_len = check_int("seq_len", seq_len, 1)
   count = (len(tokens) - 1) // seq_len
   if max_windows is not None:
-    count = min(count, _check_int("max_windows", max_windows, 1))
+    count = min(count, check_int("max_windows", max_windows, 1))
   if count < 1:
     raise ValueError(f"{len(tokens)} tokens hold no window of seq_len={seq_len} (+1 target)")
   return windows(tokens, np.arange(count, dtype=np.int64) * seq_len, seq_len)

@@ -31,7 +31,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from reweight.base import ScalarOrSchedule, check_hyperparameter, current_step, resolve
+from reweight._checks import check_int
+from reweight._types import ScalarOrSchedule
+from reweight.base import check_hyperparameter, current_step, resolve
 from reweight.group.policy import MixturePolicy, check_num_groups
 
 Array = jax.Array
@@ -206,8 +208,7 @@ def aioli(num_groups: int, step_size: ScalarOrSchedule = 0.2, *, lp_rounds: int 
   g = check_num_groups(num_groups)
   _check_smoothing(g, smoothing)
   check_hyperparameter(step_size, "step_size", allow_zero=False)
-  if isinstance(lp_rounds, bool) or int(lp_rounds) != lp_rounds or lp_rounds < 1:
-    raise ValueError(f"lp_rounds={lp_rounds!r} must be an int >= 1")
+  lp_rounds = check_int("lp_rounds", lp_rounds, 1, whole_floats=True)
   if ema is not None and not 0.0 <= ema < 1.0:
     raise ValueError(f"ema={ema!r} must be None or in [0, 1)")
 

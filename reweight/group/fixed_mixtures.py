@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from reweight._checks import check_int
 from reweight.group.policy import (
   MixturePolicy,
   MixtureState,
@@ -134,8 +135,7 @@ def upsample_at_end(base_probs, target_probs, fraction: float, total_steps: int
   target = check_probs(target_probs, base.shape[0], name="target_probs")
   if not (np.isscalar(fraction) and 0.0 <= fraction <= 1.0):
     raise ValueError(f"fraction={fraction!r} must be a number in [0, 1]")
-  if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps < 1:
-    raise ValueError(f"total_steps={total_steps!r} must be an int >= 1")
+  total_steps = check_int("total_steps", total_steps, 1, whole_floats=True)
   switch = int(np.ceil(round((1.0 - fraction) * total_steps, 9)))
   base, target = jnp.asarray(base, jnp.float32), jnp.asarray(target, jnp.float32)
 

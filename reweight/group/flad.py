@@ -23,17 +23,17 @@ exploration and ``E_{t-1}`` as the learning rate; UCB1 plays the argmax of
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reweight.base import ScalarOrSchedule, current_step, resolve
+from reweight._types import PyTree, ScalarOrSchedule
+from reweight.base import current_step, resolve
 from reweight.group.policy import MixturePolicy, check_num_groups
 
 Array = jax.Array
-PyTree = Any
 
 
 def gradient_alignment(group_grads: PyTree, target_grad: PyTree) -> Array:

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reweight._types import ScalarOrSchedule
 from reweight.base import (
-  ScalarOrSchedule,
   Weighting,
   check_hyperparameter,
   normalize,

@@ -18,17 +18,19 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from reweight import parallel
+from reweight._checks import check_int, is_traced
+from reweight._types import PyTree
 from reweight.parallel import AxisName
 
 Array = jax.Array
-PyTree = Any
 
 
 class MixturePolicy(NamedTuple):
@@ -62,9 +64,7 @@ def probs_of(state: PyTree) -> Array:
 
 def check_num_groups(num_groups) -> int:
   """``num_groups`` as an int >= 1, or a ValueError naming it."""
-  if isinstance(num_groups, bool) or int(num_groups) != num_groups or num_groups < 1:
-    raise ValueError(f"num_groups={num_groups!r} must be an int >= 1")
-  return int(num_groups)
+  return check_int("num_groups", num_groups, 1, whole_floats=True)
 
 
 def check_probs(probs, num_groups: int | None = None, name: str = "probs",
@@ -111,11 +111,14 @@ def check_groups(groups, num_groups: int, shape=None) -> Array:
     raise ValueError("this group weighting needs the groups= extra: put a 'group' field in "
                      "the batch (or pass groups= to update)")
   groups = jnp.asarray(groups)
-  if shape is not None and groups.shape != tuple(shape):
-    raise ValueError(f"groups has shape {groups.shape} but losses have shape {tuple(shape)}")
-  if not jnp.issubdtype(groups.dtype, jnp.integer):
-    raise ValueError(f"groups must hold integer group ids, got dtype {groups.dtype}")
-  if not isinstance(groups, jax.core.Tracer) and groups.size:
+  if shape is not None:
+    chex.assert_shape(
+        groups, tuple(shape), exception_type=ValueError,
+        custom_message=f"groups has shape {groups.shape} but losses have shape {tuple(shape)}")
+  chex.assert_type(
+      groups, int, exception_type=ValueError,
+      custom_message=f"groups must hold integer group ids, got dtype {groups.dtype}")
+  if not is_traced(groups) and groups.size:
     lo, hi = int(groups.min()), int(groups.max())
     if lo < 0 or hi >= num_groups:
       raise ValueError(f"group ids span [{lo}, {hi}], outside [0, num_groups={num_groups})")

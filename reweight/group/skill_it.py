@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reweight.base import ScalarOrSchedule, check_hyperparameter, current_step, resolve
+from reweight._checks import check_int
+from reweight._types import ScalarOrSchedule
+from reweight.base import check_hyperparameter, current_step, resolve
 from reweight.group.policy import MixturePolicy
 
 Array = jax.Array
@@ -100,9 +102,7 @@ def skill_it(graph, step_size: ScalarOrSchedule = 0.5, window: int = 3) -> Mixtu
   a = check_graph(graph)
   k = a.shape[0]
   check_hyperparameter(step_size, "step_size", allow_zero=False)
-  if isinstance(window, bool) or int(window) != window or window < 1:
-    raise ValueError(f"window={window!r} must be an int >= 1")
-  window = int(window)
+  window = check_int("window", window, 1, whole_floats=True)
   a32 = jnp.asarray(a, jnp.float32)
 
   def init():

@@ -12,13 +12,14 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from reweight._checks import check_int, check_open_unit
 from reweight.reparam._core import flatten_with_paths, replace_at
 from reweight.reparam.adalora import TRIPLET, find_triplets, triplet_path
 
@@ -41,11 +42,6 @@ class AdaLoraBudgetState(NamedTuple):
   exp_avg_unc: dict[str, dict[str, jax.Array]]
   keep: dict[str, jax.Array]
   budget: jax.Array
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-  if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
-    raise ValueError(f"{name}={value!r} must be an int >= {low}")
 
 
 def budget_table(
@@ -135,21 +131,20 @@ def adalora_budget(
   References:
     Zhang et al., "Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning", ICLR 2023.
   """
-  _check_int("total_steps", total_steps, 1)
-  _check_int("init_rank", init_rank, 1)
-  _check_int("target_rank", target_rank, 0)
-  _check_int("tinit", tinit, 0)
-  _check_int("tfinal", tfinal, 0)
-  _check_int("delta_t", delta_t, 1)
+  check_int("total_steps", total_steps, 1)
+  check_int("init_rank", init_rank, 1)
+  check_int("target_rank", target_rank, 0)
+  check_int("tinit", tinit, 0)
+  check_int("tfinal", tfinal, 0)
+  check_int("delta_t", delta_t, 1)
   if target_rank > init_rank:
     raise ValueError(f"target_rank={target_rank} must be <= init_rank={init_rank}")
   if tinit >= total_steps - tfinal:
     raise ValueError(
         f"tinit={tinit} must be < total_steps - tfinal = {total_steps} - {tfinal}: "
         "no budgeting phase")
-  for name, beta in (("beta1", beta1), ("beta2", beta2)):
-    if not 0.0 < beta < 1.0:
-      raise ValueError(f"{name}={beta!r} must be in (0, 1)")
+  check_open_unit("beta1", beta1)
+  check_open_unit("beta2", beta2)
   end = total_steps - tfinal
   tables: dict[tuple[int, int], np.ndarray] = {}
 

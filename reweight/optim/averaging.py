@@ -32,15 +32,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-PyTree = Any
-_WEIGHTS = ("uniform", "linear", "ema")
+from reweight._checks import check_choice, check_int, require_params
+from reweight._types import PyTree
+
+AverageWeights = Literal["uniform", "linear", "ema"]
+_WEIGHTS = get_args(AverageWeights)
+_LAST = ": it averages params + updates (put it last in the chain)"
 
 
 class EmaParamsState(NamedTuple):
@@ -77,13 +81,6 @@ def _copy_params(params, dtype):
     p = jnp.array(p, copy=True)
     return p.astype(dtype) if dtype is not None and _is_float(p) else p
   return jax.tree.map(copy, params)
-
-
-def _require_params(params, name):
-  if params is None:
-    raise ValueError(
-        f"{name} needs `params` in update(updates, state, params): it averages "
-        f"params + updates (put it last in the chain)")
 
 
 def ema_params(decay: float | Callable[[jax.Array], jax.Array], debias: bool = False,
@@ -142,7 +139,7 @@ def ema_params(decay: float | Callable[[jax.Array], jax.Array], debias: bool = F
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _require_params(params, "ema_params")
+    require_params(params, "ema_params", _LAST)
     new_params = optax.apply_updates(params, updates)
     count = state.count + 1
     d = decay(state.count) if callable(decay) else decay
@@ -207,7 +204,7 @@ def swa(start: int, every: int = 1, accumulator_dtype: Any | None = None
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _require_params(params, "swa")
+    require_params(params, "swa", _LAST)
     new_params = optax.apply_updates(params, updates)
     k = state.count + 1
     take = (k >= start) & ((k - start) % every == 0)
@@ -225,7 +222,7 @@ def swa(start: int, every: int = 1, accumulator_dtype: Any | None = None
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def averaged_params(opt_state: Any, kind: str | None = None) -> PyTree:
+def averaged_params(opt_state: Any, kind: Literal["ema", "swa"] | None = None) -> PyTree:
   """The parameter average held by an `ema_params` or `swa` state inside ``opt_state``.
 
   Searches ``opt_state`` (any nesting of chain / MultiSteps / inject_hyperparams states)
@@ -265,7 +262,7 @@ def averaged_params(opt_state: Any, kind: str | None = None) -> PyTree:
 # Checkpoint averaging.
 
 
-def checkpoint_weights(k: int, weights: str | Sequence[float] = "uniform",
+def checkpoint_weights(k: int, weights: AverageWeights | Sequence[float] = "uniform",
                        ema_decay: float = 0.9) -> np.ndarray:
   r"""Weights (oldest first, summing to 1) for averaging k checkpoints.
 
@@ -288,11 +285,9 @@ def checkpoint_weights(k: int, weights: str | Sequence[float] = "uniform",
     >>> averaging.checkpoint_weights(3, "linear").tolist()
     [0.16666666666666666, 0.3333333333333333, 0.5]
   """
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k={k!r} must be an integer >= 1")
+  k = check_int("k", k, 1)
   if isinstance(weights, str):
-    if weights not in _WEIGHTS:
-      raise ValueError(f"weights={weights!r} is not one of {sorted(_WEIGHTS)}")
+    check_choice("weights", weights, _WEIGHTS)
     if weights == "uniform":
       return np.full(k, 1.0 / k)
     if weights == "linear":
@@ -346,7 +341,7 @@ def _weighted_sum(trees: Iterable[PyTree], weights: np.ndarray) -> PyTree:
   return jax.tree.map(cast_back, acc, last)
 
 
-def checkpoint_average(checkpoints: Sequence[PyTree], weights: str | Sequence[float] =
+def checkpoint_average(checkpoints: Sequence[PyTree], weights: AverageWeights | Sequence[float] =
                        "uniform", k: int | None = None, ema_decay: float = 0.9) -> PyTree:
   r"""Weighted average of the last ``k`` parameter pytrees of ``checkpoints``.
 
@@ -388,7 +383,7 @@ def checkpoint_average(checkpoints: Sequence[PyTree], weights: str | Sequence[fl
 
 
 def average_orbax_checkpoints(directory: str | os.PathLike, k: int | None = None,
-                              weights: str | Sequence[float] = "uniform",
+                              weights: AverageWeights | Sequence[float] = "uniform",
                               item: str | None = None, ema_decay: float = 0.9,
                               select: Callable[[PyTree], PyTree] | None = None) -> PyTree:
   r"""Weighted average of the last ``k`` steps saved by an orbax `CheckpointManager`.

@@ -15,13 +15,16 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from reweight._checks import check_choice, check_int
+
+Norm = Literal["l2", "l1"]
 _ORDS = {"l2": 2, "l1": 1}
 
 
@@ -36,7 +39,7 @@ class GradNormsState(NamedTuple):
   count: jax.Array
 
 
-def record_grad_norms(capacity: int, norm: str = "l2"
+def record_grad_norms(capacity: int, norm: Norm = "l2"
                       ) -> optax.GradientTransformationExtraArgs:
   r"""Identity transformation that stores ``||g_t||`` of each step's updates.
 
@@ -67,11 +70,8 @@ def record_grad_norms(capacity: int, norm: str = "l2"
     Defazio et al., "When, Why and How Much? Adaptive Learning Rate Scheduling by
     Refinement", 2023.
   """
-  if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
-      or capacity < 1:
-    raise ValueError(f"capacity={capacity!r} must be an integer >= 1")
-  if norm not in _ORDS:
-    raise ValueError(f"norm={norm!r} is not one of {sorted(_ORDS)}")
+  capacity = check_int("capacity", capacity, 1)
+  check_choice("norm", norm, _ORDS)
   ord_ = _ORDS[norm]
 
   def init_fn(params):

@@ -26,19 +26,14 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-PyTree = Any
-ScalarOrSchedule = float | optax.Schedule
-
-
-def _need_params(params, name: str) -> None:
-  if params is None:
-    raise ValueError(f"{name} needs params: call update(updates, state, params)")
+from reweight._checks import check_positive, require_params, static_int
+from reweight._types import PyTree, ScalarOrSchedule
 
 
 def _is_zero(x) -> bool:
@@ -83,6 +78,7 @@ def _remove_radial(u: jax.Array, w: jax.Array, eps: float) -> jax.Array:
 def _radial_projection(u, g, w, *, delta, wd_ratio, eps, channel_axis):
   """AdamP's projection of one leaf: returns the projected update and the decay ratio."""
   shape = w.shape
+  channel_axis = -1 if channel_axis is None else static_int("channel_axis", channel_axis)
   axis = channel_axis % len(shape)
   moved = (shape[axis],) + shape[:axis] + shape[axis + 1:]
   # Channel view: one row per output channel.
@@ -114,7 +110,7 @@ def project_radial(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     learning_rate: ScalarOrSchedule = 1.0,
-    channel_axis: int = -1,
+    channel_axis: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamP/SGDP projection as a combinator around any optax optimizer.
 
@@ -146,8 +142,9 @@ def project_radial(
     eps: norm clamp in the cosine and the normalization of ``w``.
     weight_decay: decoupled weight-decay coefficient (0 disables it).
     learning_rate: multiplies ``weight_decay`` (a float or an ``optax.Schedule`` of the step).
-    channel_axis: the output-channel axis of ``ndim > 1`` leaves (-1 for Flax kernels;
-      0 for PyTorch layout).
+    channel_axis: the output-channel axis of ``ndim > 1`` leaves (``None``, the default, is
+      the last axis, as in Flax kernels; 0 for PyTorch layout). A structural int: with
+      `optax.inject_hyperparams`, name it in ``static_args`` when you pass it.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
@@ -172,7 +169,7 @@ def project_radial(
     return ProjectRadialState(jnp.zeros([], jnp.int32), inner.init(params))
 
   def update(updates, state, params=None, **extra_args):
-    _need_params(params, "project_radial")
+    require_params(params, "project_radial")
     new_updates, inner_state = inner.update(updates, state.inner, params, **extra_args)
     lr = _value(learning_rate, state.count)
 
@@ -227,8 +224,9 @@ def adamp(
     weight_decay: float = 0.0,
     delta: float = 0.1,
     wd_ratio: float = 0.1,
+    *,
     nesterov: bool = False,
-    channel_axis: int = -1,
+    channel_axis: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamP: Adam with radial-component removal on scale-invariant weights.
 
@@ -250,11 +248,14 @@ def adamp(
     delta: cosine threshold.
     wd_ratio: weight-decay multiplier on projected parameters.
     nesterov: AdamP's Nesterov variant.
-    channel_axis: output-channel axis of ``ndim > 1`` leaves (-1 for Flax, 0 for torch).
+    channel_axis: output-channel axis of ``ndim > 1`` leaves (``None``, the default, is the
+      last axis, as in Flax; 0 for torch).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` (``update`` needs ``params``). With
-    `optax.inject_hyperparams`, pass ``static_args=("channel_axis", "nesterov")``.
+    An `optax.GradientTransformationExtraArgs` (``update`` needs ``params``). It works
+    under ``optax.inject_hyperparams(...)(learning_rate=...)`` as optax's own aliases do
+    (``nesterov`` is a bool and ``channel_axis`` defaults to ``None``, both static); an
+    explicit ``channel_axis`` must be named in ``static_args``.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -288,11 +289,12 @@ def sgdp(
     momentum: float = 0.0,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
+    *,
     nesterov: bool = False,
     eps: float = 1e-8,
     delta: float = 0.1,
     wd_ratio: float = 0.1,
-    channel_axis: int = -1,
+    channel_axis: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SGDP: SGD with momentum and radial-component removal on scale-invariant weights.
 
@@ -315,11 +317,14 @@ def sgdp(
     eps: norm clamp in the cosine and the projection.
     delta: cosine threshold.
     wd_ratio: weight-decay multiplier on projected parameters.
-    channel_axis: output-channel axis of ``ndim > 1`` leaves (-1 for Flax, 0 for torch).
+    channel_axis: output-channel axis of ``ndim > 1`` leaves (``None``, the default, is the
+      last axis, as in Flax; 0 for torch).
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` (``update`` needs ``params``). With
-    `optax.inject_hyperparams`, pass ``static_args=("channel_axis", "nesterov")``.
+    An `optax.GradientTransformationExtraArgs` (``update`` needs ``params``). It works
+    under ``optax.inject_hyperparams(...)(learning_rate=...)`` as optax's own aliases do
+    (``nesterov`` is a bool and ``channel_axis`` defaults to ``None``, both static); an
+    explicit ``channel_axis`` must be named in ``static_args``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -342,7 +347,7 @@ def sgdp(
 
   def update(updates, state, params=None, **extra_args):
     del extra_args
-    _need_params(params, "sgdp")
+    require_params(params, "sgdp")
     lr = _value(learning_rate, state.count)
 
     def leaf(g, b, w):
@@ -410,7 +415,7 @@ def normalize_and_project() -> optax.GradientTransformationExtraArgs:
 
   def update(updates, state, params=None, **extra_args):
     del extra_args
-    _need_params(params, "normalize_and_project")
+    require_params(params, "normalize_and_project")
 
     def leaf(u, w, n0):
       if w.ndim < 2:
@@ -484,7 +489,7 @@ def _spectral_transform(project_fn, num_iters: int, key, init_iters: int):
 
   def update(updates, state, params=None, **extra_args):
     del extra_args
-    _need_params(params, "spectral projection")
+    require_params(params, "spectral projection")
     leaves_u, treedef = jax.tree.flatten(updates)
     leaves_w = treedef.flatten_up_to(params)
     leaves_r = treedef.flatten_up_to(state.vectors)
@@ -504,11 +509,6 @@ def _spectral_transform(project_fn, num_iters: int, key, init_iters: int):
             SpectralState(jax.tree.unflatten(treedef, out_r)))
 
   return optax.GradientTransformationExtraArgs(init, update)
-
-
-def _check_positive(name: str, value) -> None:
-  if not value > 0:
-    raise ValueError(f"{name}={value!r} must be > 0")
 
 
 def spectral_normalize(
@@ -551,7 +551,7 @@ def spectral_normalize(
     Miyato et al., "Spectral Normalization for Generative Adversarial Networks", ICLR 2018.
     Newhouse et al., "Training Transformers with Enforced Lipschitz Constants", 2025.
   """
-  _check_positive("max_sv", max_sv)
+  check_positive("max_sv", max_sv)
   key = jax.random.key(0) if key is None else key
 
   def project(m, l_vec, sigma, r):
@@ -606,7 +606,7 @@ def spectral_hammer(
   References:
     Newhouse et al., "Training Transformers with Enforced Lipschitz Constants", 2025.
   """
-  _check_positive("max_sv", max_sv)
+  check_positive("max_sv", max_sv)
   key = jax.random.key(0) if key is None else key
 
   def project(m, l_vec, sigma, r):
@@ -639,7 +639,7 @@ def spectral_clip(max_sv: float = 1.0) -> optax.GradientTransformationExtraArgs:
   References:
     Newhouse et al., "Training Transformers with Enforced Lipschitz Constants", 2025.
   """
-  _check_positive("max_sv", max_sv)
+  check_positive("max_sv", max_sv)
 
   def init(params):
     del params
@@ -647,7 +647,7 @@ def spectral_clip(max_sv: float = 1.0) -> optax.GradientTransformationExtraArgs:
 
   def update(updates, state, params=None, **extra_args):
     del extra_args
-    _need_params(params, "spectral_clip")
+    require_params(params, "spectral_clip")
 
     def leaf(u, w):
       if w.ndim < 2:

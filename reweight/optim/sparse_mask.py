@@ -26,16 +26,17 @@ References:
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from reweight._checks import check_choice
 from reweight.reparam._core import path_str
 
-PyTree = Any
-_VALID_OTHERS = ("inner", "freeze")
+Others = Literal["inner", "freeze"]
+_VALID_OTHERS = get_args(Others)
 
 
 class LiftState(NamedTuple):
@@ -95,7 +96,7 @@ def lift(
     k: int | None = None,
     refresh_every: int = 100,
     targets: str = r".*kernel",
-    others: str = "inner",
+    others: Others = "inner",
 ) -> optax.GradientTransformationExtraArgs:
   """LIFT: update only the principal weights (top-k of a low-rank approximation).
 
@@ -142,8 +143,7 @@ def lift(
     Liu et al., "LIFT the Veil for the Truth: Principal Weights Emerge after Rank Reduction
     for Reasoning-Focused Supervised Fine-Tuning", ICML 2025.
   """
-  if others not in _VALID_OTHERS:
-    raise ValueError(f"others={others!r} is not one of {sorted(_VALID_OTHERS)}")
+  check_choice("others", others, _VALID_OTHERS)
   if rank < 1:
     raise ValueError(f"rank={rank!r} must be >= 1")
   if lora_rank is not None and lora_rank < 1:

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from reweight.reparam._core import PyTree, Reparam, additive, flatten_with_paths, select
+from reweight._types import PyTree
+from reweight.reparam._core import Reparam, additive, flatten_with_paths, select
 
 # PEFT divides by ``ranknum + 1e-5``.
 _RANKNUM_EPS = 1e-5

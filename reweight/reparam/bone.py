@@ -25,12 +25,17 @@ References:
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
 
-from reweight.reparam._core import PyTree, Reparam, flatten_with_paths, replace_at, select
+from reweight._checks import check_choice
+from reweight._types import PyTree
+from reweight.reparam._core import Reparam, flatten_with_paths, replace_at, select
 
-MODES = ("default", "bat", "mini")
+Mode = Literal["default", "bat", "mini"]
+MODES = get_args(Mode)
 
 
 def _tiled(block, fan_in: int, fan_out: int, mode: str, mini_r: int | None):
@@ -64,7 +69,7 @@ def _bat_unapply(kernel, block):
   return orig.reshape(fan_in, fan_out)
 
 
-def bone(rank: int, targets: str, *, mode: str = "default", mini_r: int | None = None) -> Reparam:
+def bone(rank: int, targets: str, *, mode: Mode = "default", mini_r: int | None = None) -> Reparam:
   r"""Bone / MiSS block-shared adaptation of the targeted ``(in, out)`` kernels.
 
   ``default``: ``K' = K + tile(B, (ceil(in/r), 1))[:in]``, ``B`` of shape ``(r, out)``.
@@ -98,8 +103,7 @@ def bone(rank: int, targets: str, *, mode: str = "default", mini_r: int | None =
   """
   if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
     raise ValueError(f"rank={rank!r} must be a positive int")
-  if mode not in MODES:
-    raise ValueError(f"mode={mode!r} is not one of {sorted(MODES)}")
+  check_choice("mode", mode, MODES)
   if mode == "mini":
     if not isinstance(mini_r, int) or mini_r <= 0:
       raise ValueError(f"mini_r={mini_r!r} must be a positive int for mode='mini'")

@@ -54,8 +54,8 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
+from reweight._types import PyTree
 from reweight.reparam._core import (
-    PyTree,
     Reparam,
     additive,
     flatten_with_paths,

@@ -46,7 +46,8 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
-from reweight.reparam._core import PyTree, Reparam, path_str
+from reweight._types import PyTree
+from reweight.reparam._core import Reparam, path_str
 
 __all__ = ["NotFactorableError", "factored"]
 

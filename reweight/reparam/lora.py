@@ -21,21 +21,23 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 
-from reweight.reparam._core import PyTree, Reparam, additive, flatten_with_paths, replace_at, select
+from reweight._checks import check_choice
+from reweight._types import PyTree
+from reweight.reparam._core import Reparam, additive, flatten_with_paths, replace_at, select
 
-INITS = ("default", "gaussian", "pissa", "soma")
+Init = Literal["default", "gaussian", "pissa", "soma"]
+INITS = get_args(Init)
 
 
 def _check(rank: int, init: str) -> None:
   if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
     raise ValueError(f"rank={rank!r} must be a positive int")
-  if init not in INITS:
-    raise ValueError(f"init={init!r} is not one of {sorted(INITS)}")
+  check_choice("init", init, INITS)
 
 
 def lora_scale(rank: int, alpha: float, rslora: bool) -> float:
@@ -84,7 +86,7 @@ def lora(
     targets: str,
     *,
     rslora: bool = False,
-    init: str = "default",
+    init: Init = "default",
     dtype: Any = None,
 ) -> Reparam:
   r"""Low-rank adaptation: ``K' = K + s * lora_a @ lora_b`` on every targeted kernel.
@@ -155,7 +157,7 @@ def dora(
     targets: str,
     *,
     rslora: bool = False,
-    init: str = "default",
+    init: Init = "default",
     dtype: Any = None,
 ) -> Reparam:
   r"""Weight-decomposed low-rank adaptation: a trainable magnitude times a LoRA direction.

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import optax
 
-from reweight.reparam._core import PyTree, Reparam
+from reweight._types import PyTree
+from reweight.reparam._core import Reparam
 
 
 def merge(reparam: Reparam, trainable: PyTree, frozen: PyTree) -> PyTree:

@@ -25,12 +25,11 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from reweight._types import PyTree
 
 
 def _check_same_structure(a: PyTree, b: PyTree, names: tuple[str, str]) -> None:

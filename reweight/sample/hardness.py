@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reweight._types import ScalarOrSchedule
 from reweight.base import (
   CountState,
-  ScalarOrSchedule,
   Weighting,
   check_hyperparameter,
   current_step,

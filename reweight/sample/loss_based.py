@@ -27,13 +27,16 @@ extremes, r=0.4).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 
 from reweight import parallel
+from reweight._checks import check_choice
+from reweight._types import ScalarOrSchedule
 from reweight.base import (
   CountState,
-  ScalarOrSchedule,
   Weighting,
   current_step,
   resolve,
@@ -59,7 +62,10 @@ def normalized_losses(losses, valid, delta: float = 1.0, axis_name: AxisName = N
   return jnp.where(valid, h, 0.0)
 
 
-def loss_based(strategy: str = "linupper", r: ScalarOrSchedule = 1.0, *, delta: float = 1.0,
+Strategy = Literal["linupper", "quadratic", "extremes", "upper"]
+
+
+def loss_based(strategy: Strategy = "linupper", r: ScalarOrSchedule = 1.0, *, delta: float = 1.0,
                warmup_steps: int = 0, axis_name: AxisName = None) -> Weighting:
   """Loss-based reweighting: ``w = softmax(f(h(loss)) / r)``, mean one.
 
@@ -85,8 +91,7 @@ def loss_based(strategy: str = "linupper", r: ScalarOrSchedule = 1.0, *, delta: 
     Sow et al., "Dynamic Loss-Based Sample Reweighting for Improved Large Language Model
     Pretraining", ICLR 2025.
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(f"strategy={strategy!r} is not one of {sorted(STRATEGIES)}")
+  check_choice("strategy", strategy, STRATEGIES)
   if not callable(r) and not r > 0:
     raise ValueError(f"r={r!r} must be a positive float (or a schedule step -> r)")
   if not delta > 0:

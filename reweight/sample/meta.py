@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,9 +61,10 @@ import optax
 from jax import lax
 
 from reweight import parallel
+from reweight._checks import check_choice
+from reweight._types import PyTree, ScalarOrSchedule
 from reweight.base import (
   CountState,
-  ScalarOrSchedule,
   Weighting,
   current_step,
   normalize,
@@ -74,7 +75,6 @@ from reweight.base import (
 from reweight.parallel import AxisName
 
 Array = jax.Array
-PyTree = Any
 
 L2RW_METHODS = ("jvp", "lookahead")
 META_NET_METHODS = ("jvp", "exact_second_order")
@@ -102,11 +102,6 @@ def _check_inner_lr(inner_lr):
   if not callable(inner_lr) and not inner_lr > 0:
     raise ValueError(f"inner_lr={inner_lr!r} must be a positive float (or a schedule "
                      "step -> inner_lr)")
-
-
-def _check_method(method, valid):
-  if method not in valid:
-    raise ValueError(f"method={method!r} is not one of {sorted(valid)}")
 
 
 def _require(who: str, **extras):
@@ -224,8 +219,8 @@ def _meta_net_gradient(net, features, valid, alpha, params, fn, batch, meta_grad
 # --------------------------------------------------------------------------------- L2RW
 
 
-def l2rw(inner_lr: ScalarOrSchedule = 0.1, axis_name: AxisName = None, *,
-         method: str = "jvp") -> Weighting:
+def l2rw(inner_lr: ScalarOrSchedule = 0.1, *, axis_name: AxisName = None,
+         method: Literal["jvp", "lookahead"] = "jvp") -> Weighting:
   """Learning to Reweight: weights from the meta-loss gradient of a one-step lookahead.
 
   With ``theta_hat(eps) = theta - alpha * grad_theta sum_j eps_j l_j(theta)``,
@@ -277,7 +272,7 @@ def l2rw(inner_lr: ScalarOrSchedule = 0.1, axis_name: AxisName = None, *,
     ICML 2018.
   """
   _check_inner_lr(inner_lr)
-  _check_method(method, L2RW_METHODS)
+  check_choice("method", method, L2RW_METHODS)
 
   def init(key=None):
     del key
@@ -318,8 +313,9 @@ def l2rw(inner_lr: ScalarOrSchedule = 0.1, axis_name: AxisName = None, *,
 
 def meta_weight_net(hidden: int = 100,
                     optimizer: optax.GradientTransformation | None = None,
-                    inner_lr: ScalarOrSchedule = 0.1, axis_name: AxisName = None, *,
-                    key: int | Array = 0, method: str = "jvp") -> Weighting:
+                    inner_lr: ScalarOrSchedule = 0.1, *, axis_name: AxisName = None,
+                    key: int | Array = 0,
+                    method: Literal["jvp", "exact_second_order"] = "jvp") -> Weighting:
   """Meta-Weight-Net: a small net maps each loss to a weight, trained on a clean meta batch.
 
   ``V(l; Theta) = sigmoid(W2 relu(W1 l + b1) + b2)`` (1 -> ``hidden`` -> 1), fed ``sg(l)``.
@@ -392,7 +388,7 @@ def meta_weight_net(hidden: int = 100,
   if not (isinstance(hidden, int) and hidden >= 1):
     raise ValueError(f"hidden={hidden!r} must be a positive int")
   _check_inner_lr(inner_lr)
-  _check_method(method, META_NET_METHODS)
+  check_choice("method", method, META_NET_METHODS)
   optimizer = optax.adam(1e-3) if optimizer is None else optimizer
   default_key = key
 
@@ -451,7 +447,7 @@ def self_taught_features(losses: Array, logits: Array, valid: Array) -> Array:
   return jnp.where(valid[:, None] & jnp.isfinite(feats), feats, 0.0)
 
 
-def top_fraction_mask(scores: Array, valid: Array, fraction: float,
+def top_fraction_mask(scores: Array, valid: Array, fraction: float, *,
                       axis_name: AxisName = None) -> Array:
   """This device's part of the global selection of the ``ceil(fraction * n_valid)`` best.
 
@@ -485,7 +481,7 @@ def top_fraction_mask(scores: Array, valid: Array, fraction: float,
 def self_taught(hidden: int = 100,
                 optimizer: optax.GradientTransformation | None = None,
                 inner_lr: ScalarOrSchedule = 0.1, meta_fraction: float = 0.25,
-                warmup_steps: int = 0, axis_name: AxisName = None, *,
+                warmup_steps: int = 0, *, axis_name: AxisName = None,
                 key: int | Array = 0) -> Weighting:
   """Self-taught meta loss rescaling: an MW-Net-style rescaler with no clean data.
 
@@ -585,7 +581,7 @@ def self_taught(hidden: int = 100,
 
     score = jnp.where(warm, -jnp.where(valid, losses, 0.0),
                       weight_net_apply(state.net, x))
-    selected = top_fraction_mask(jax.lax.stop_gradient(score), valid, meta_fraction, axis)
+    selected = top_fraction_mask(jax.lax.stop_gradient(score), valid, meta_fraction, axis_name=axis)
     n_sel = jnp.maximum(parallel.batch_sum(selected.astype(jnp.float32), axis), 1.0)
 
     def meta_grad(theta):  # grad of (1/k) sum_{i in S} l_i(theta) over the global batch

@@ -1,5 +1,6 @@
 """aioli against a NumPy re-derivation of LearnParams + the exponentiated update."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,8 +137,7 @@ def test_nonfinite_round_is_skipped():
   policy = aioli(2, 0.5)
   state = policy.update(policy.init(), loss_drops=jnp.array([[0.3, 0.1], [0.0, 0.2]]))
   skipped = jax.jit(policy.update)(state, loss_drops=jnp.array([[jnp.inf, 0.1], [0.0, 0.2]]))
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(skipped)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(state, skipped)
 
 
 def test_bad_input():
@@ -145,13 +145,13 @@ def test_bad_input():
     learn_params_mixtures(2, 0.5)
   with pytest.raises(ValueError, match=r"smoothing=1.5 must be in"):
     aioli(3, smoothing=1.5)
-  with pytest.raises(ValueError, match="num_groups=0 must be an int >= 1"):
+  with pytest.raises(ValueError, match="num_groups=0 must be an integer >= 1"):
     learn_params_mixtures(0)
   with pytest.raises(ValueError, match=r"loss_drops has shape \(2, 3\), expected"):
     mixing_matrix(np.ones((2, 3)))
   with pytest.raises(ValueError, match="step_size=-0.1 must be a positive"):
     aioli(2, -0.1)
-  with pytest.raises(ValueError, match="lp_rounds=0 must be an int >= 1"):
+  with pytest.raises(ValueError, match="lp_rounds=0 must be an integer >= 1"):
     aioli(2, lp_rounds=0)
   with pytest.raises(ValueError, match=r"ema=1.0 must be None or in \[0, 1\)"):
     aioli(2, ema=1.0)

@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,8 +189,7 @@ def test_invalid_plays_leave_state_unchanged():
     update = jax.jit(policy.update)
     for group, reward in [(5, 0.5), (-1, 0.5), (0, float("nan"))]:
       same = update(state, group=jnp.int32(group), reward=jnp.float32(reward))
-      for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(same)):
-        np.testing.assert_array_equal(x, y)
+      chex.assert_trees_all_equal(state, same)
 
 
 def test_bad_input():
@@ -201,7 +201,7 @@ def test_bad_input():
     ucb1(3, reward_smoothing=2.0)
   with pytest.raises(ValueError, match="exploration=-1.0 must be >= 0"):
     ucb1(3, exploration=-1.0)
-  with pytest.raises(ValueError, match="num_groups=0 must be an int >= 1"):
+  with pytest.raises(ValueError, match="num_groups=0 must be an integer >= 1"):
     exp3(0)
   for policy in (exp3(3), ucb1(3)):
     s = policy.init()

@@ -6,6 +6,7 @@ including its in-place ``adjusted_loss += ...`` (which also changes ``group_loss
 "adjust only if every entry of adj is positive" rule.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,7 +144,7 @@ def test_bad_input():
     w.update(jnp.ones(2), w.init())
   with pytest.raises(ValueError, match="groups has shape"):
     w.update(jnp.ones(2), w.init(), groups=jnp.array([0, 1, 2]))
-  with pytest.raises(ValueError, match="num_groups=0 must be an int >= 1"):
+  with pytest.raises(ValueError, match="num_groups=0 must be an integer >= 1"):
     group_dro(0)
   with pytest.raises(ValueError, match="needs group_counts"):
     group_dro(2, adjustment=1.0)
@@ -174,8 +175,7 @@ def test_microbatched_step_equals_full_batch(name):
     s_micro, m_micro = micro(s_micro, batch, ref_losses=ref_losses)
     np.testing.assert_allclose(m_micro["weights"], m_full["weights"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(m_micro["probs"], m_full["probs"], rtol=1e-6, atol=1e-7)
-  for a, b in zip(jax.tree.leaves(s_micro), jax.tree.leaves(s_full)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(s_micro, s_full, rtol=1e-5, atol=1e-6)
 
 
 CODE = """

@@ -48,7 +48,7 @@ def test_checks_name_the_bad_value():
     policy.check_groups(jnp.array([0, 7]), 3)
   with pytest.raises(ValueError, match="must hold integer group ids"):
     policy.check_groups(jnp.array([0.0, 1.0]), 3)
-  with pytest.raises(ValueError, match="num_groups=2.5 must be an int >= 1"):
+  with pytest.raises(ValueError, match="num_groups=2.5 must be an integer >= 1"):
     policy.check_num_groups(2.5)
   with pytest.raises(ValueError, match="sizes=.* must be finite, non-negative"):
     policy.check_sizes([0, 0])

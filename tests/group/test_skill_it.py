@@ -1,5 +1,6 @@
 """skill_it against a NumPy re-derivation of Skill-it's online rule, and under sharding."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,8 +85,7 @@ def test_nonfinite_round_is_skipped():
   policy = skill_it(np.eye(2), 1.0, 2)
   state = policy.update(policy.init(), eval_losses=jnp.array([1.0, 0.0]))
   skipped = jax.jit(policy.update)(state, eval_losses=jnp.array([jnp.nan, 1.0]))
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(skipped)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(state, skipped)
 
 
 def test_bad_input():
@@ -99,7 +99,7 @@ def test_bad_input():
     skill_it(np.array([[1.0, -0.5], [0.0, 1.0]]))
   with pytest.raises(ValueError, match="step_size=0.0 must be a positive"):
     skill_it(np.eye(2), 0.0)
-  with pytest.raises(ValueError, match="window=0 must be an int >= 1"):
+  with pytest.raises(ValueError, match="window=0 must be an integer >= 1"):
     skill_it(np.eye(2), window=0)
   policy = skill_it(np.eye(2))
   with pytest.raises(ValueError, match=r"eval_losses has shape \(3,\), expected \(2,\)"):

@@ -1,5 +1,6 @@
 """Tests for reweight.optim.averaging against NumPy loops, optax.ema and orbax round trips."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ def trajectory(extra, steps=6, seed=0):
     g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
     u, state = update(g, state, params)
     pu, pstate = plain_update(g, pstate, params)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-8), u, pu)
+    chex.assert_trees_all_close(u, pu, rtol=1e-5, atol=1e-8)
     params = optax.apply_updates(params, u)
     history.append(params)
   return history, state
@@ -58,8 +59,7 @@ def test_ema_params_debiased_equals_optax_ema_of_the_params():
   rstate = ref.init(history[0])
   for p in history[1:]:
     out, rstate = ref.update(p, rstate)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
-               averaging.averaged_params(state), out)
+  chex.assert_trees_all_close(averaging.averaged_params(state), out, rtol=1e-5, atol=1e-7)
 
 
 def test_swa_matches_numpy_mean_of_snapshots():

@@ -1,5 +1,6 @@
 """Tests for reweight.optim.grad_norms against NumPy norms and plain optax chains."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,7 @@ def test_records_global_norms_and_is_identity(norm, ord_):
   for g in grads:
     u1, s_rec = upd_rec(g, s_rec, params)
     u2, s_plain = upd_plain(g, s_plain, params)
-    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), u1, u2)
+    chex.assert_trees_all_equal(u1, u2)
     params = optax.apply_updates(params, u1)
   np.testing.assert_allclose(grad_norms.recorded_norms(s_rec),
                              [np_norm(g, ord_) for g in grads], rtol=1e-6)

@@ -1,4 +1,4 @@
-"""loss_based against a NumPy re-derivation of ALGORITHMS.md A, properties, and sharding."""
+"""loss_based against a NumPy re-derivation of its formula, properties, and sharding."""
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +184,10 @@ def test_equal_on_1_device_8_devices_shard_map_and_pmap():
   res = testing.run_with_devices(SHARDING_CODE, num_devices=8)
   assert res.pop("devices") == 8
   testing.assert_layouts_agree(res)
+
+
+def test_strategy_literal_lists_every_strategy():
+  from typing import get_args
+
+  from reweight.sample.loss_based import STRATEGIES, Strategy
+  assert set(get_args(Strategy)) == set(STRATEGIES)
