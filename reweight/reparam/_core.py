@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend.core as jex
 
 PyTree = Any
 
@@ -65,6 +66,18 @@ def unflatten_like(tree: PyTree, flat: Mapping[str, Any]) -> PyTree:
   """Inverse of `flatten_with_paths` given a tree of the original structure."""
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   return jax.tree_util.tree_unflatten(treedef, [flat[path_str(p)] for p, _ in paths_leaves])
+
+
+def sub_jaxpr(eqn) -> tuple | None:
+  """``(jaxpr, consts)`` of the one sub-jaxpr of a call-like equation (``jit``,
+  ``custom_jvp_call``, ``remat``, ...), or None when it has none."""
+  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+    sub = eqn.params.get(key)
+    if isinstance(sub, jex.ClosedJaxpr):
+      return sub.jaxpr, sub.consts
+    if isinstance(sub, jex.Jaxpr):
+      return sub, ()
+  return None
 
 
 def _matches(pattern: re.Pattern, path: str) -> bool:

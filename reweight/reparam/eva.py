@@ -61,6 +61,7 @@ from reweight.reparam._core import (
     flatten_with_paths,
     path_str,
     select,
+    sub_jaxpr,
 )
 
 # --------------------------------------------------------------------------------------
@@ -425,16 +426,6 @@ _PASSTHROUGH = frozenset({"convert_element_type", "copy", "copy_p", "device_put"
                           "optimization_barrier"})
 
 
-def _subjaxpr(eqn):
-  for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-    sub = eqn.params.get(name)
-    if isinstance(sub, jex.ClosedJaxpr):
-      return sub.jaxpr, sub.consts
-    if isinstance(sub, jex.Jaxpr):
-      return sub, ()
-  return None
-
-
 def _eval_capture(jaxpr, consts, args, tags, captured):
   """Evaluates ``jaxpr``; records the left operand of ``x @ K`` for tagged kernels ``K``."""
   env, tag = {}, {}
@@ -453,7 +444,7 @@ def _eval_capture(jaxpr, consts, args, tags, captured):
     intags = [None if isinstance(v, jex.Literal) else tag.get(v)
               for v in eqn.invars]
     name = eqn.primitive.name
-    sub = _subjaxpr(eqn) if name in _CALL_PRIMITIVES else None
+    sub = sub_jaxpr(eqn) if name in _CALL_PRIMITIVES else None
     if name == "dot_general" and intags[1] is not None and intags[0] is None:
       (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
       x = invals[0]

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reweight._types import PyTree
-from reweight.reparam._core import Reparam, path_str
+from reweight.reparam._core import Reparam, path_str, sub_jaxpr
 
 __all__ = ["NotFactorableError", "factored"]
 
@@ -277,16 +277,6 @@ def _contract(eqn, x, v: _LowRank, kernel_is_lhs: bool):
 # --------------------------------------------------------------------------------------
 
 
-def _subjaxpr(eqn):
-  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-    sub = eqn.params.get(key)
-    if isinstance(sub, jex.ClosedJaxpr):
-      return sub.jaxpr, sub.consts
-    if isinstance(sub, jex.Jaxpr):
-      return sub, ()
-  return None
-
-
 def _bind(eqn, invals):
   bind_params = eqn.primitive.get_bind_params(eqn.params)
   if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
@@ -389,7 +379,7 @@ def _eval(jaxpr, consts, args, mode: str, used: list):
         if out is None:
           _fail(invals[0], name, f" with params {_short(eqn.params)}")
         outs = [out]
-    sub = _subjaxpr(eqn) if outs is None and name in _CALLS else None
+    sub = sub_jaxpr(eqn) if outs is None and name in _CALLS else None
     # Calls receiving a low-rank kernel are evaluated inline; pass 1 also looks into plain
     # jitted helpers, where the delta ``A @ B`` may be built.
     has_low = any(isinstance(x, _LowRank) for x in invals)
