@@ -17,16 +17,14 @@ small Transformer of `benchmarks/overhead.py` (LoRA r=8 on the query and value k
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from overhead import compiled_flops, time_steps, transformer_problem
+from overhead import compiled_flops, save_results, time_steps, transformer_problem
 
 from reweight.losses import softmax_cross_entropy
 from reweight.reparam import factored, lora
@@ -128,18 +126,10 @@ def main(argv=None):
             f"{r[k]['ratio_iqr'][0]:.3f}-{r[k]['ratio_iqr'][1]:.3f}), flops "
             f"{r[k]['flops_ratio']:.4f}, {r[k]['ms']:.2f} ms vs {r['full_ms']:.2f} ms",
             flush=True)
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "factored_lora.json")
-  if args.only and os.path.exists(path):  # a partial run updates its rows, keeps the rest
-    with open(path) as f:
-      results = {**json.load(f)["results"], **results}
-  meta = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-          "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-          "command": " ".join(["python benchmarks/factored_lora.py",
-                               *(sys.argv[1:] if argv is None else argv)])}
-  with open(path, "w") as f:
-    json.dump({"meta": meta, "results": results}, f, indent=1)
-  return results
+  command = " ".join(["python benchmarks/factored_lora.py",
+                      *(sys.argv[1:] if argv is None else argv)])
+  return save_results(os.path.join(args.out, "factored_lora.json"), results,
+                      partial=bool(args.only), command=command)
 
 
 if __name__ == "__main__":

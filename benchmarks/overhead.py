@@ -176,15 +176,25 @@ def main():
       print(f"{pname:12s} {wname:24s} ratio {r['ratio']:.3f} "
             f"(IQR {r['ratio_iqr'][0]:.3f}-{r['ratio_iqr'][1]:.3f}), flops "
             f"{r['flops_ratio']:.4f}, plain step {r['plain_ms']:.3f} ms", flush=True)
-  os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, "overhead.json")
-  if args.only and os.path.exists(path):  # a partial run updates its rows, keeps the rest
+  save_results(os.path.join(args.out, "overhead.json"), results, partial=bool(args.only))
+
+
+def save_results(path: str, results: dict, *, partial: bool = False, **meta) -> dict:
+  """Writes ``{"meta": ..., "results": ...}`` to ``path`` (the machine in ``meta``).
+
+  A ``partial`` run (some rows only) updates its rows of an existing file and keeps the
+  rest. Returns the results written.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if partial and os.path.exists(path):
     with open(path) as f:
       results = {**json.load(f)["results"], **results}
   meta = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-          "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
+          "jax": jax.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+          **meta}
   with open(path, "w") as f:
     json.dump({"meta": meta, "results": results}, f, indent=1)
+  return results
 
 
 if __name__ == "__main__":
