@@ -34,6 +34,7 @@ from reweight.base import (
     weight_entropy,
     weighted,
 )
+from reweight.tokens import per_sequence, weighted_tokens
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,6 @@ __all__ = [
     "EmptyState", "Weighting", "chain", "clip", "diagnostics", "effective_sample_size",
     "interpolate", "losses", "max_weight", "named_chain", "normalize", "num_nonfinite",
     "parallel", "sample", "uniform", "valid_mask", "weight_entropy", "weighted",
+    "per_sequence", "weighted_tokens",
     "annealing_law", "curriculum", "group", "optim", "reparam", "schedules",
 ]

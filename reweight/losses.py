@@ -21,6 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Losses over other units than examples, defined in their own modules (they do not import
+# this one) and re-exported here: `reweight.losses.<name>`.
+from reweight.token_losses import anchored_token_probability  # noqa: F401
+
 Array = jax.Array
 
 

@@ -2,7 +2,8 @@
 
 Weightings (`reweight.Weighting`): `loss_based`, `focal_weights`, `self_paced`,
 `ease_curriculum`, `class_balanced`, `l2rw`, `meta_weight_net`, `self_taught`, and
-`saf_memory_writer` (keeps SAF's logit memory). Per-example losses and helpers: `ensloss`,
+`saf_memory_writer` (keeps SAF's logit memory), and `token_probability` (token weights for
+`reweight.weighted_tokens`). Per-example losses and helpers: `ensloss`,
 `saf_loss`, `multi_sample_dropout`.
 """
 
@@ -20,14 +21,16 @@ from reweight.sample.saf import (
     saf_memory_writer,
     update_memory,
 )
+from reweight.sample.token_probability import token_probability
 
 WEIGHTINGS = ("class_balanced", "ease_curriculum", "focal_weights", "l2rw", "loss_based",
-              "meta_weight_net", "saf_memory_writer", "self_paced", "self_taught")
+              "meta_weight_net", "saf_memory_writer", "self_paced", "self_taught",
+              "token_probability")
 
 __all__ = [
     "WEIGHTINGS", "SAFMemory",
     "binary_margins", "class_balanced", "dropout_masks", "ease_curriculum",
     "ensloss", "ensloss_derivatives", "focal_weights", "l2rw", "loss_based", "meta_weight_net",
     "multi_sample_dropout", "read_memory", "saf_loss", "saf_memory", "saf_memory_writer",
-    "self_paced", "self_taught", "update_memory",
+    "self_paced", "self_taught", "token_probability", "update_memory",
 ]
