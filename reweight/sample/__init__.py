@@ -1,12 +1,13 @@
 """Per-example weightings: which examples count.
 
 Weightings (`reweight.Weighting`): `loss_based`, `focal_weights`, `self_paced`,
-`ease_curriculum`, `class_balanced`, `l2rw`, `meta_weight_net`, `self_taught`, and
-`saf_memory_writer` (keeps SAF's logit memory), and `token_probability` (token weights for
-`reweight.weighted_tokens`). Per-example losses and helpers: `ensloss`,
-`saf_loss`, `multi_sample_dropout`.
+`ease_curriculum`, `class_balanced`, `l2rw`, `meta_weight_net`, `self_taught`,
+`saf_memory_writer` (keeps SAF's logit memory), `token_probability` (token weights for
+`reweight.weighted_tokens`) and `consistency_gate` (gates for contrastive pairs).
+Per-example losses and helpers: `ensloss`, `saf_loss`, `multi_sample_dropout`.
 """
 
+from reweight.contrastive import consistency_gate
 from reweight.sample.class_balanced import class_balanced
 from reweight.sample.ensloss import binary_margins, ensloss, ensloss_derivatives
 from reweight.sample.hardness import ease_curriculum, focal_weights, self_paced
@@ -23,13 +24,13 @@ from reweight.sample.saf import (
 )
 from reweight.sample.token_probability import token_probability
 
-WEIGHTINGS = ("class_balanced", "ease_curriculum", "focal_weights", "l2rw", "loss_based",
-              "meta_weight_net", "saf_memory_writer", "self_paced", "self_taught",
+WEIGHTINGS = ("class_balanced", "consistency_gate", "ease_curriculum", "focal_weights", "l2rw",
+              "loss_based", "meta_weight_net", "saf_memory_writer", "self_paced", "self_taught",
               "token_probability")
 
 __all__ = [
     "WEIGHTINGS", "SAFMemory",
-    "binary_margins", "class_balanced", "dropout_masks", "ease_curriculum",
+    "binary_margins", "class_balanced", "consistency_gate", "dropout_masks", "ease_curriculum",
     "ensloss", "ensloss_derivatives", "focal_weights", "l2rw", "loss_based", "meta_weight_net",
     "multi_sample_dropout", "read_memory", "saf_loss", "saf_memory", "saf_memory_writer",
     "self_paced", "self_taught", "token_probability", "update_memory",

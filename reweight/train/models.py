@@ -56,7 +56,11 @@ __all__ = [
     "MLP",
     "MODELS",
     "Functional",
+    "MoEBlock",
+    "MoEFeedForward",
+    "Routing",
     "Transformer",
+    "apply_with_routing",
     "functional",
     "make_model",
     "split_model",
@@ -311,6 +315,149 @@ class Block(nnx.Module):
     return x + self.drop(self.mlp(self.ln2(x)), deterministic=not train, rngs=rngs)
 
 
+class Routing(NamedTuple):
+  """What a top-k router did with its tokens (one `MoEFeedForward` call).
+
+  Attributes:
+    logits: ``[..., N_E]`` float32 router logits ``z = x W_router`` (for `router_z_loss`).
+    probs: ``[..., N_E]`` ``softmax(z)`` (for `reweight.load_balancing.load_balancing`).
+    expert_index: ``[..., k]`` int32 ids of the chosen experts, most probable first.
+    gates: ``[..., k]`` the weights of the chosen experts' outputs.
+  """
+
+  logits: jax.Array
+  probs: jax.Array
+  expert_index: jax.Array
+  gates: jax.Array
+
+
+class MoEFeedForward(nnx.Module):
+  """Top-k mixture-of-experts feed-forward layer (Switch / GShard style router).
+
+  ``P = softmax(x W_router)`` over ``N_E`` experts; the ``k`` most probable experts
+  ``e_1..e_k`` of each token get gates ``g_j = P_{e_j}`` (renormalised to sum to one with
+  ``normalize_gates=True``, as in Mixtral), and
+  ``y = sum_j g_j FFN_{e_j}(x)`` with ``FFN_e(x) = gelu(x W1_e + b1_e) W2_e + b2_e``.
+  The gates carry the task loss's gradient to the router (with ``k = 1`` and renormalised
+  gates they are 1 and only auxiliary losses train it). Pair it with
+  `reweight.load_balancing.load_balancing` on ``Routing.probs`` / ``Routing.expert_index``
+  and `reweight.load_balancing.router_z_loss` on ``Routing.logits``.
+
+  Written for small models: every expert runs on every token and the outputs are combined
+  with the (sparse) gates, so a step costs ``N_E`` dense feed-forward layers, with no
+  capacity limit and no dropped tokens; the numbers are those of a sparse dispatch.
+
+  Parameter paths: ``router/kernel`` ``[D, N_E]`` (no bias), ``w1`` ``[N_E, D, H]``,
+  ``b1`` ``[N_E, H]``, ``w2`` ``[N_E, H, D]``, ``b2`` ``[N_E, D]``.
+
+  Args:
+    d_model: input and output width ``D``.
+    num_experts: ``N_E >= 1``.
+    k: experts per token, ``1 <= k <= N_E``.
+    hidden: each expert's hidden width ``H`` (default ``4 D``).
+    rngs: NNX random streams for initialization.
+    normalize_gates: renormalise the ``k`` gates of a token to sum to one.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> moe = MoEFeedForward(8, num_experts=4, k=2, rngs=nnx.Rngs(0))
+    >>> y, routing = moe(jnp.ones((2, 5, 8)))
+    >>> y.shape, routing.probs.shape, routing.expert_index.shape
+    ((2, 5, 8), (2, 5, 4), (2, 5, 2))
+
+  References:
+    Shazeer et al., "Outrageously Large Neural Networks: The Sparsely-Gated
+    Mixture-of-Experts Layer", ICLR 2017.
+    Fedus, Zoph and Shazeer, "Switch Transformers: Scaling to Trillion Parameter Models with
+    Simple and Efficient Sparsity", JMLR 2022.
+  """
+
+  def __init__(
+      self,
+      d_model: int,
+      num_experts: int,
+      k: int = 1,
+      hidden: int | None = None,
+      *,
+      rngs: nnx.Rngs,
+      normalize_gates: bool = False,
+  ):
+    hidden = 4 * d_model if hidden is None else hidden
+    if min(d_model, num_experts, hidden) < 1 or not 1 <= k <= num_experts:
+      raise ValueError(
+          f"d_model={d_model!r}, num_experts={num_experts!r}, hidden={hidden!r} must be "
+          f"positive and k={k!r} in [1, num_experts]"
+      )
+    self.num_experts = num_experts
+    self.k = k
+    self.normalize_gates = bool(normalize_gates)
+    self.router = nnx.Linear(d_model, num_experts, use_bias=False, rngs=rngs)
+    init = nnx.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+    )
+    self.w1 = nnx.Param(init(rngs.params(), (num_experts, d_model, hidden), jnp.float32))
+    self.b1 = nnx.Param(jnp.zeros((num_experts, hidden), jnp.float32))
+    self.w2 = nnx.Param(init(rngs.params(), (num_experts, hidden, d_model), jnp.float32))
+    self.b2 = nnx.Param(jnp.zeros((num_experts, d_model), jnp.float32))
+
+  def route(self, x: jax.Array) -> Routing:
+    """The `Routing` of tokens ``x [..., D]``."""
+    logits = self.router(x).astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    gates, index = jax.lax.top_k(probs, self.k)
+    if self.normalize_gates:
+      gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
+    return Routing(logits, probs, index.astype(jnp.int32), gates)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, Routing]:
+    """``(y [..., D], Routing)`` for tokens ``x [..., D]``."""
+    routing = self.route(x)
+    combine = jnp.sum(
+        routing.gates[..., None] * jax.nn.one_hot(routing.expert_index, self.num_experts),
+        axis=-2,
+    ).astype(x.dtype)  # [..., N_E], k non-zeros per token
+    h = jax.nn.gelu(jnp.einsum("...d,edh->...eh", x, self.w1[...]) + self.b1[...],
+                    approximate=False)
+    out = jnp.einsum("...eh,ehd->...ed", h, self.w2[...]) + self.b2[...]
+    return jnp.einsum("...e,...ed->...d", combine, out), routing
+
+
+class MoEBlock(nnx.Module):
+  """Pre-LN Transformer block with a `MoEFeedForward` in place of the MLP.
+
+  ``x += attn(ln1(x))``; ``y, routing = mlp(ln2(x))``; ``x += y`` (with dropout). Returns
+  ``(x, routing)``.
+  """
+
+  def __init__(
+      self,
+      d_model: int,
+      num_heads: int,
+      *,
+      rngs: nnx.Rngs,
+      causal: bool,
+      dropout: float,
+      num_experts: int,
+      k: int,
+      hidden: int | None,
+      normalize_gates: bool,
+  ):
+    self.ln1 = nnx.LayerNorm(d_model, rngs=rngs)
+    self.attn = SelfAttention(d_model, num_heads, causal=causal, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(d_model, rngs=rngs)
+    self.mlp = MoEFeedForward(d_model, num_experts, k, hidden, normalize_gates=normalize_gates,
+                              rngs=rngs)
+    self.drop = nnx.Dropout(dropout)
+
+  def __call__(
+      self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None
+  ) -> tuple[jax.Array, Routing]:
+    x = x + self.drop(self.attn(self.ln1(x)), deterministic=not train, rngs=rngs)
+    y, routing = self.mlp(self.ln2(x))
+    return x + self.drop(y, deterministic=not train, rngs=rngs), routing
+
+
 def sinusoidal_positions(length: int, d_model: int) -> np.ndarray:
   """Sinusoidal position table ``[length, d_model]`` (Vaswani et al., 2017).
 
@@ -337,6 +484,10 @@ class Transformer(nnx.Module):
   ``blocks/{i}/ln2/{scale,bias}``, ``blocks/{i}/mlp/fc1/{kernel,bias}``,
   ``blocks/{i}/mlp/fc2/{kernel,bias}``, ``ln_f/{scale,bias}``, ``head/{kernel,bias}``.
   ``r".*(query|value)/kernel"`` selects the ``[D, D]`` query and value kernels of all blocks.
+  With ``num_experts > 0`` every block's MLP is a top-k `MoEFeedForward`
+  (``blocks/{i}/mlp/router/kernel`` ``[D, N_E]``, ``blocks/{i}/mlp/{w1,b1,w2,b2}``), and
+  ``return_routing=True`` (or `apply_with_routing`) also returns each block's `Routing`
+  for the load-balancing and z-losses of `reweight.load_balancing`.
 
   Args:
     vocab_size: number of token ids; inputs are int arrays ``[B, T]`` with ``T <= max_len``.
@@ -351,6 +502,11 @@ class Transformer(nnx.Module):
     positions: ``"learned"`` (a ``pos_embed`` parameter, init N(0, 0.02^2)) or
       ``"sinusoidal"`` (fixed, no parameter).
     dropout: dropout rate on the embeddings and on each residual branch (``train=True``).
+    num_experts: 0 (default) for the dense MLP; ``N_E > 0`` for a mixture-of-experts MLP
+      (`MoEFeedForward`) in every block.
+    experts_per_token: ``k`` of the top-k router (with ``num_experts > 0``).
+    expert_hidden: each expert's hidden width (default ``4 D``).
+    normalize_gates: renormalise each token's ``k`` gates to sum to one.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -359,6 +515,11 @@ class Transformer(nnx.Module):
     ...                     rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((2, 5), jnp.int32)).shape
     (2, 5, 11)
+    >>> moe = Transformer(11, d_model=8, num_heads=2, num_layers=2, max_len=5,
+    ...                   num_experts=4, experts_per_token=2, rngs=nnx.Rngs(0))
+    >>> logits, routing = moe(jnp.zeros((2, 5), jnp.int32), return_routing=True)
+    >>> logits.shape, len(routing), routing[0].expert_index.shape
+    ((2, 5, 11), 2, (2, 5, 2))
 
   References:
     Vaswani et al., "Attention Is All You Need", NeurIPS 2017.
@@ -378,7 +539,16 @@ class Transformer(nnx.Module):
       causal: bool = True,
       positions: str = "learned",
       dropout: float = 0.0,
+      num_experts: int = 0,
+      experts_per_token: int = 1,
+      expert_hidden: int | None = None,
+      normalize_gates: bool = False,
   ):
+    if num_experts < 0 or (num_experts > 0 and not 1 <= experts_per_token <= num_experts):
+      raise ValueError(
+          f"num_experts={num_experts!r} must be >= 0 (0: dense MLP) and experts_per_token="
+          f"{experts_per_token!r} in [1, num_experts]"
+      )
     if min(vocab_size, d_model, num_heads, max_len) < 1 or num_layers < 0:
       raise ValueError(
           f"vocab_size={vocab_size!r}, d_model={d_model!r}, num_heads={num_heads!r}, "
@@ -400,20 +570,40 @@ class Transformer(nnx.Module):
       self.pos_embed = nnx.Param(
           nnx.initializers.normal(0.02)(rngs.params(), (max_len, d_model), jnp.float32)
       )
-    self.blocks = nnx.List(
-        [
-            Block(d_model, num_heads, causal=causal, dropout=self.dropout, rngs=rngs)
-            for _ in range(num_layers)
-        ]
-    )
+    self.num_experts = num_experts
+    if num_experts:
+      self.blocks = nnx.List(
+          [
+              MoEBlock(d_model, num_heads, causal=causal, dropout=self.dropout,
+                       num_experts=num_experts, k=experts_per_token, hidden=expert_hidden,
+                       normalize_gates=normalize_gates, rngs=rngs)
+              for _ in range(num_layers)
+          ]
+      )
+    else:
+      self.blocks = nnx.List(
+          [
+              Block(d_model, num_heads, causal=causal, dropout=self.dropout, rngs=rngs)
+              for _ in range(num_layers)
+          ]
+      )
     self.ln_f = nnx.LayerNorm(d_model, rngs=rngs)
     self.head = nnx.Linear(d_model, num_classes or vocab_size, rngs=rngs)
     self.drop = nnx.Dropout(self.dropout)
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-  ) -> jax.Array:
-    """Logits ``[B, T, vocab_size]`` (or ``[B, num_classes]``) for token ids ``[B, T]``."""
+      self,
+      x: jax.Array,
+      *,
+      train: bool = False,
+      rngs: nnx.Rngs | None = None,
+      return_routing: bool = False,
+  ) -> jax.Array | tuple[jax.Array, tuple[Routing, ...]]:
+    """Logits ``[B, T, vocab_size]`` (or ``[B, num_classes]``) for token ids ``[B, T]``.
+
+    With ``return_routing=True``: ``(logits, routing)``, the `Routing` of every
+    mixture-of-experts block in order (an empty tuple for a dense model).
+    """
     _check_rngs(self, train, rngs)
     if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
       raise ValueError(
@@ -428,12 +618,18 @@ class Transformer(nnx.Module):
     else:
       h = h + jnp.asarray(sinusoidal_positions(t, h.shape[-1]), h.dtype)
     h = self.drop(h, deterministic=not train, rngs=rngs)
+    routing = []
     for block in self.blocks:
-      h = block(h, train=train, rngs=rngs)
+      if isinstance(block, MoEBlock):
+        h, r = block(h, train=train, rngs=rngs)
+        routing.append(r)
+      else:
+        h = block(h, train=train, rngs=rngs)
     h = self.ln_f(h)
     if self.num_classes is not None:
       h = jnp.mean(h, axis=1)
-    return self.head(h)
+    logits = self.head(h)
+    return (logits, tuple(routing)) if return_routing else logits
 
 
 MODELS = {"mlp": MLP, "cnn": CNN, "transformer": Transformer}
@@ -536,6 +732,43 @@ class Functional(NamedTuple):
     model = nnx.merge(self.graphdef, params, self.rest)
     rngs = None if key is None else nnx.Rngs(dropout=key)
     return model(x, train=train, rngs=rngs)
+
+
+def apply_with_routing(
+    fn: Functional,
+    params: PyTree,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[Routing, ...]]:
+  """`Functional.apply` of a `Transformer` that also returns every MoE block's `Routing`.
+
+  Pure (jit-able, differentiable w.r.t. ``params``), as `Functional.apply`.
+
+  Raises:
+    ValueError: if ``params`` does not have the structure of ``fn.params``, or the model
+      is not a `Transformer`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from reweight.load_balancing import load_balancing
+    >>> fn = functional(make_model("transformer", vocab_size=11, d_model=8, num_heads=2,
+    ...                            num_layers=1, max_len=5, num_experts=4))
+    >>> logits, (r,) = jax.jit(apply_with_routing)(fn, fn.params, jnp.zeros((2, 5), int))
+    >>> float(load_balancing(r.probs, r.expert_index, 4)) > 0
+    True
+  """
+  if jax.tree.structure(params) != jax.tree.structure(fn.params):
+    raise ValueError(
+        "params do not have the structure of Functional.params: "
+        f"{jax.tree.structure(params)} != {jax.tree.structure(fn.params)}"
+    )
+  model = nnx.merge(fn.graphdef, params, fn.rest)
+  if not isinstance(model, Transformer):
+    raise ValueError(f"apply_with_routing needs a Transformer, got {type(model).__name__}")
+  rngs = None if key is None else nnx.Rngs(dropout=key)
+  return model(x, train=train, rngs=rngs, return_routing=True)
 
 
 def functional(model: nnx.Module) -> Functional:
