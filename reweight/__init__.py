@@ -11,6 +11,7 @@ from reweight import (
     curriculum,
     group,
     losses,
+    objectives,
     optim,
     parallel,
     reparam,
@@ -43,5 +44,5 @@ __all__ = [
     "interpolate", "losses", "max_weight", "named_chain", "normalize", "num_nonfinite",
     "parallel", "sample", "uniform", "valid_mask", "weight_entropy", "weighted",
     "per_sequence", "weighted_tokens",
-    "annealing_law", "curriculum", "group", "optim", "reparam", "schedules",
+    "annealing_law", "curriculum", "group", "objectives", "optim", "reparam", "schedules",
 ]
