@@ -469,6 +469,33 @@ def _check_batch_axes(losses: Array, axis_name: AxisName) -> None:
         "the global batch")
 
 
+def loss_caller(loss_fn: Callable) -> Callable:
+  """``call(params, batch, kwargs) -> (losses, aux)``: ``loss_fn`` given only the keyword
+  arguments it accepts (all of them when it takes ``**kwargs``)."""
+  accepted = _accepted_kwargs(loss_fn)
+
+  def call(params, batch, kwargs):
+    fn_kwargs = kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
+    return split_loss_output(loss_fn(params, batch, **fn_kwargs))
+
+  return call
+
+
+def scoped_to_axis(axis_name: AxisName, body: Callable) -> Callable:
+  """The loss function of `weighted` and `reweight.weighted_tokens`:
+  ``loss_fn(params, batch, weighting_state, *, step=None, **kwargs)`` that resolves
+  ``axis_name`` (`parallel.resolve_axis_name`) and runs ``body(axis, params, batch,
+  weighting_state, step, kwargs)`` with it as the default batch axis
+  (`parallel.batch_axis`)."""
+
+  def loss_fn(params, batch, weighting_state, *, step=None, **kwargs):
+    axis = parallel.resolve_axis_name(axis_name)
+    with parallel.batch_axis(axis):
+      return body(axis, params, batch, weighting_state, step, kwargs)
+
+  return loss_fn
+
+
 def weighted(per_example_loss_fn: Callable, weighting: Weighting, *,
              axis_name: AxisName = None) -> Callable:
   """Turns a per-example loss function into a weighted scalar loss.
@@ -545,21 +572,15 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting, *,
     >>> round(float(loss), 4)  # log(2)
     0.6931
   """
-  accepted = _accepted_kwargs(per_example_loss_fn)
-
-  def loss_fn(params, batch, weighting_state, *, step=None, **kwargs):
-    axis = parallel.resolve_axis_name(axis_name)
-    with parallel.batch_axis(axis):
-      return _loss(axis, params, batch, weighting_state, step, kwargs)
+  call = loss_caller(per_example_loss_fn)
 
   def _loss(axis_name, params, batch, weighting_state, step, kwargs):
-    fn_kwargs = kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
-    losses, aux = split_loss_output(per_example_loss_fn(params, batch, **fn_kwargs))
+    losses, aux = call(params, batch, kwargs)
     _check_losses(losses)
     _check_batch_axes(losses, axis_name)
 
     def losses_only(p, b):
-      return split_loss_output(per_example_loss_fn(p, b, **fn_kwargs))[0]
+      return call(p, b, kwargs)[0]
 
     extras = weighting_inputs(batch, aux, params, step, kwargs, losses_only)
     mask = extras.pop("mask", None)
@@ -582,4 +603,4 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting, *,
     }
     return loss, (new_state, info)
 
-  return loss_fn
+  return scoped_to_axis(axis_name, _loss)

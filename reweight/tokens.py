@@ -38,12 +38,12 @@ import jax.numpy as jnp
 from reweight import parallel
 from reweight.base import (
     Weighting,
-    _accepted_kwargs,
     _check_batch_axes,
     diagnostics,
     group_info,
+    loss_caller,
     normalize,
-    split_loss_output,
+    scoped_to_axis,
     valid_mask,
     weighted_mean,
 )
@@ -174,16 +174,10 @@ def weighted_tokens(per_token_loss_fn: Callable, weighting: Weighting, *,
     The gradient-accumulation loss-scaling bug: huggingface/transformers#19494 and the
     "Fixing gradient accumulation" note (Unsloth / Hugging Face, 2024).
   """
-  accepted = _accepted_kwargs(per_token_loss_fn)
-
-  def loss_fn(params, batch, weighting_state, *, step=None, **kwargs):
-    axis = parallel.resolve_axis_name(axis_name)
-    with parallel.batch_axis(axis):
-      return _loss(axis, params, batch, weighting_state, step, kwargs)
+  call = loss_caller(per_token_loss_fn)
 
   def _loss(axis_name, params, batch, weighting_state, step, kwargs):
-    fn_kwargs = kwargs if accepted is None else {k: v for k, v in kwargs.items() if k in accepted}
-    losses, aux = split_loss_output(per_token_loss_fn(params, batch, **fn_kwargs))
+    losses, aux = call(params, batch, kwargs)
     _check_token_losses(losses)
     shape = tuple(losses.shape)
     b, t = shape
@@ -193,7 +187,7 @@ def weighted_tokens(per_token_loss_fn: Callable, weighting: Weighting, *,
     _check_batch_axes(flat, axis_name)
 
     def losses_only(p, bt):
-      return jnp.reshape(split_loss_output(per_token_loss_fn(p, bt, **fn_kwargs))[0], (-1,))
+      return jnp.reshape(call(p, bt, kwargs)[0], (-1,))
 
     extras: dict[str, Any] = {}
     if isinstance(batch, Mapping):
@@ -228,7 +222,7 @@ def weighted_tokens(per_token_loss_fn: Callable, weighting: Weighting, *,
     }
     return loss, (new_state, info)
 
-  return loss_fn
+  return scoped_to_axis(axis_name, _loss)
 
 
 def per_sequence(weighting: Weighting, *, axis_name: AxisName = None) -> Weighting:
