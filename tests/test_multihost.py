@@ -22,9 +22,9 @@ import pytest
 from configs import scaling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 60
-ARGS = ["--config=configs/scaling.py", f"--config.steps={STEPS}", "--config.eval_every=30",
-        "--config.checkpoint_every=30"]
+STEPS = 40
+ARGS = ["--config=configs/scaling.py", f"--config.steps={STEPS}", "--config.eval_every=20",
+        "--config.checkpoint_every=20"]
 TIMEOUT = 300  # seconds per job; a hang fails the test instead of blocking CI
 
 
@@ -112,7 +112,7 @@ def _assert_close(a, b, path=""):
 def test_two_processes_match_one(runs, method):
   one, two, _ = runs
   rows_one, rows_two = _rows(one, method), _rows(two, method)
-  assert [r["step"] for r in rows_one] == [30, 60] == [r["step"] for r in rows_two]
+  assert [r["step"] for r in rows_one] == [20, 40] == [r["step"] for r in rows_two]
   for r1, r2 in zip(rows_one, rows_two):
     _assert_close(r1, r2, f"{method} step {r1['step']}")
   s1, s2 = _state(one, method), _state(two, method)
