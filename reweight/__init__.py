@@ -17,6 +17,7 @@ from reweight import (
     reparam,
     sample,
     schedules,
+    tree_paths,
 )
 from reweight.base import (
     EmptyState,
@@ -45,4 +46,5 @@ __all__ = [
     "parallel", "sample", "uniform", "valid_mask", "weight_entropy", "weighted",
     "per_sequence", "weighted_tokens",
     "annealing_law", "curriculum", "group", "objectives", "optim", "reparam", "schedules",
+    "tree_paths",
 ]

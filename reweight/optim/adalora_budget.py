@@ -20,8 +20,8 @@ import numpy as np
 import optax
 
 from reweight._checks import check_int, check_open_unit
-from reweight.reparam._core import flatten_with_paths, replace_at
 from reweight.reparam.adalora import TRIPLET, find_triplets, triplet_path
+from reweight.tree_paths import flatten_with_paths, replace_at
 
 
 class AdaLoraBudgetState(NamedTuple):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from reweight._checks import check_choice
-from reweight.reparam._core import path_str
+from reweight.tree_paths import path_str
 
 Others = Literal["inner", "freeze"]
 _VALID_OTHERS = get_args(Others)
