@@ -444,17 +444,39 @@ def weighted_mean(losses: Array, weights: Array, valid: Array, axis_name: AxisNa
   return total / jnp.maximum(n, 1.0)
 
 
-def _check_losses(losses) -> None:
-  """The per-example losses of `weighted`: a float array of shape ``[batch]``."""
+def check_loss_array(losses, rank: int, fn_name: str, kind: str, shape: str,
+                     hint: str = "") -> None:
+  """``losses`` is a float array of rank ``rank``, else an error naming ``fn_name``."""
   chex.assert_type(
       losses, float, exception_type=TypeError,
-      custom_message="per_example_loss_fn must return float losses (one per example), got "
+      custom_message=f"{fn_name} must return float {kind}, got "
       f"dtype {getattr(losses, 'dtype', type(losses).__name__)}")
   chex.assert_rank(
-      losses, 1, exception_type=ValueError,
-      custom_message=f"per_example_loss_fn must return losses of shape [batch], got shape "
-      f"{jnp.shape(losses)}; reduce token or pixel losses to one value per example first "
-      "(e.g. reweight.losses.sequence_mean)")
+      losses, rank, exception_type=ValueError,
+      custom_message=f"{fn_name} must return {shape}, got shape {jnp.shape(losses)}{hint}")
+
+
+def update_weights(weighting: Weighting, losses: Array, state, mask, extras: Mapping,
+                   described: str):
+  """``(weights, new_state)`` of ``weighting`` on ``stop_gradient(losses)``; the weights
+  are stop-gradiented and must have the losses' shape (``described`` names them in the
+  error)."""
+  weights, new_state = weighting.update(jax.lax.stop_gradient(losses), state, mask=mask,
+                                        **extras)
+  weights = jax.lax.stop_gradient(weights)
+  chex.assert_equal_shape(
+      [weights, losses], exception_type=ValueError,
+      custom_message=f"the weighting returned weights of shape {jnp.shape(weights)} for "
+      f"{described}")
+  return weights, new_state
+
+
+def _check_losses(losses) -> None:
+  """The per-example losses of `weighted`: a float array of shape ``[batch]``."""
+  check_loss_array(losses, 1, "per_example_loss_fn", "losses (one per example)",
+                   "losses of shape [batch]",
+                   "; reduce token or pixel losses to one value per example first "
+                   "(e.g. reweight.losses.sequence_mean)")
 
 
 def _check_batch_axes(losses: Array, axis_name: AxisName) -> None:
@@ -584,13 +606,8 @@ def weighted(per_example_loss_fn: Callable, weighting: Weighting, *,
 
     extras = weighting_inputs(batch, aux, params, step, kwargs, losses_only)
     mask = extras.pop("mask", None)
-    weights, new_state = weighting.update(
-        jax.lax.stop_gradient(losses), weighting_state, mask=mask, **extras)
-    weights = jax.lax.stop_gradient(weights)
-    chex.assert_equal_shape(
-        [weights, losses], exception_type=ValueError,
-        custom_message=f"the weighting returned weights of shape {jnp.shape(weights)} for "
-        f"per-example losses of shape {losses.shape}")
+    weights, new_state = update_weights(weighting, losses, weighting_state, mask, extras,
+                                        f"per-example losses of shape {losses.shape}")
     valid = valid_mask(losses, mask)
     loss = weighted_mean(losses, weights, valid, axis_name)
     info = {

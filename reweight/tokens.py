@@ -39,11 +39,13 @@ from reweight import parallel
 from reweight.base import (
     Weighting,
     _check_batch_axes,
+    check_loss_array,
     diagnostics,
     group_info,
     loss_caller,
     normalize,
     scoped_to_axis,
+    update_weights,
     valid_mask,
     weighted_mean,
 )
@@ -56,14 +58,8 @@ _SEQUENCE_FIELDS = (("group", "groups"), ("id", "example_ids"))
 
 
 def _check_token_losses(losses) -> None:
-  chex.assert_type(
-      losses, float, exception_type=TypeError,
-      custom_message="per_token_loss_fn must return float token losses, got dtype "
-      f"{getattr(losses, 'dtype', type(losses).__name__)}")
-  chex.assert_rank(
-      losses, 2, exception_type=ValueError,
-      custom_message=f"per_token_loss_fn must return token losses of shape [batch, tokens], "
-      f"got shape {jnp.shape(losses)}")
+  check_loss_array(losses, 2, "per_token_loss_fn", "token losses",
+                   "token losses of shape [batch, tokens]")
 
 
 def _token_mask(batch: Any, aux: dict, shape: tuple[int, int]) -> Array:
@@ -204,12 +200,8 @@ def weighted_tokens(per_token_loss_fn: Callable, weighting: Weighting, *,
     extras["step"] = step
 
     sg_flat = jax.lax.stop_gradient(flat)
-    weights, new_state = weighting.update(sg_flat, weighting_state, mask=flat_mask, **extras)
-    weights = jax.lax.stop_gradient(weights)
-    chex.assert_equal_shape(
-        [weights, flat], exception_type=ValueError,
-        custom_message=f"the weighting returned weights of shape {jnp.shape(weights)} for "
-        f"{b * t} flattened token losses (shape {(b * t,)})")
+    weights, new_state = update_weights(weighting, flat, weighting_state, flat_mask, extras,
+                                        f"{b * t} flattened token losses (shape {(b * t,)})")
     valid = valid_mask(flat, flat_mask)
     loss = weighted_mean(flat, weights, valid, axis_name)
     info = {
