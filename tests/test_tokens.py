@@ -8,7 +8,6 @@ import pytest
 
 import reweight
 from reweight import testing
-from reweight.token_losses import anchored_token_probability
 
 V = 5
 
@@ -60,28 +59,6 @@ def test_weighted_tokens_token_probability_matches_numpy(setup):
   ref = jax.grad(lambda p: jnp.sum(jnp.asarray(w_np, jnp.float32) * jnp.where(
       m, per_token_ce(p, batch), 0.0)) / n)(params)
   np.testing.assert_allclose(grads, ref, rtol=1e-4, atol=1e-6)
-
-
-def test_normalize_false_is_dft_exactly(setup):
-  params, batch = setup
-  m = batch["token_mask"]
-  w = reweight.sample.token_probability(normalize=False)
-  fn = reweight.weighted_tokens(per_token_ce, w)
-  (loss, (_, info)), grads = jax.value_and_grad(fn, has_aux=True)(params, batch, w.init())
-
-  def dft(p):  # L = -(1/N) sum_t sg(p_t) log p_t over valid tokens
-    logp_t = -per_token_ce(p, batch)
-    return -jnp.sum(jnp.where(m, jax.lax.stop_gradient(jnp.exp(logp_t)) * logp_t, 0.0)) / m.sum()
-
-  ce = _np_ce(params, batch)
-  np.testing.assert_allclose(loss, -(np.exp(-ce) * -ce)[m].sum() / m.sum(), rtol=1e-5)
-  np.testing.assert_allclose(loss, dft(params), rtol=1e-6)
-  np.testing.assert_allclose(grads, jax.grad(dft)(params), rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(info["weights"], np.where(m, np.exp(-ce), 0), rtol=1e-5)
-  # The normalised loss is the DFT loss over the batch mean of p_t (same direction).
-  wn = reweight.sample.token_probability()
-  loss_n = reweight.weighted_tokens(per_token_ce, wn)(params, batch, wn.init())[0]
-  np.testing.assert_allclose(loss_n, loss / np.exp(-ce)[m].mean(), rtol=1e-5)
 
 
 def test_power_zero_is_plain_token_mean_and_naive_mean_of_means_differs(setup):
@@ -175,52 +152,6 @@ def test_bad_shapes(setup):
     reweight.per_sequence(w).update(jnp.ones(3), ())
   with pytest.raises(ValueError, match="power"):
     reweight.sample.token_probability(-1.0)
-
-
-def _np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-@pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_anchored_token_probability_matches_numpy(direction):
-  rng = np.random.default_rng(1)
-  logits = rng.normal(size=(2, 4, V)).astype(np.float32)
-  ref = rng.normal(size=(2, 4, V)).astype(np.float32)
-  labels = rng.integers(0, V, (2, 4))
-  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)
-  out = anchored_token_probability(logits, labels, ref, kl_coeff=0.3, power=1.5,
-                                   kl_direction=direction, mask=mask)
-  lp, lr = _np_log_softmax(logits), _np_log_softmax(ref)
-  lpt = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
-  if direction == "forward":
-    kl = (np.exp(lr) * (lr - lp)).sum(-1)
-  else:
-    kl = (np.exp(lp) * (lp - lr)).sum(-1)
-  np.testing.assert_allclose(out, np.where(mask, -np.exp(1.5 * lpt) * lpt + 0.3 * kl, 0),
-                             rtol=1e-5, atol=1e-6)
-
-
-def test_anchored_gradients_and_dft_limit():
-  rng = np.random.default_rng(2)
-  logits = jnp.asarray(rng.normal(size=(3, V)), jnp.float32)
-  ref = jnp.asarray(rng.normal(size=(3, V)), jnp.float32)
-  labels = jnp.array([0, 2, 4])
-  # Forward KL's gradient w.r.t. the logits is p_theta - p_ref; the reference gets none.
-  g, g_ref = jax.grad(lambda x, r: anchored_token_probability(
-      x, labels, r, kl_coeff=1.0, power=0.0).sum() - (-jax.nn.log_softmax(x)[
-          jnp.arange(3), labels]).sum(), argnums=(0, 1))(logits, ref)
-  np.testing.assert_allclose(g, jax.nn.softmax(logits) - jax.nn.softmax(ref), atol=1e-6)
-  assert not np.asarray(g_ref).any()
-  # kl_coeff = 0 is the DFT token loss: its gradient is sg(p_t) times SFT's.
-  dft = jax.grad(lambda x: anchored_token_probability(x, labels, ref, kl_coeff=0.0).sum())(
-      logits)
-  sft = jax.grad(lambda x: -jax.nn.log_softmax(x)[jnp.arange(3), labels].sum())(logits)
-  p_t = jax.nn.softmax(logits)[jnp.arange(3), labels]
-  np.testing.assert_allclose(dft, p_t[:, None] * sft, rtol=1e-5, atol=1e-7)
-  with pytest.raises(ValueError, match="kl_direction"):
-    anchored_token_probability(logits, labels, ref, kl_direction="both")
 
 
 LAYOUT_CODE = """
