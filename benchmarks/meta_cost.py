@@ -101,6 +101,14 @@ def make_steps(fn, optimizer, weightings):
   return steps
 
 
+def write_json(path: str, args: argparse.Namespace, results: dict) -> None:
+  """``{"args", "meta" (the machine), "results"}`` as JSON at ``path``."""
+  meta = {"backend": jax.default_backend(), "jax": jax.__version__,
+          "machine": platform.machine(), "cpus": os.cpu_count()}
+  with open(path, "w") as f:
+    json.dump({"args": vars(args), "meta": meta, "results": results}, f, indent=1)
+
+
 def compiled_flops(fn, *args) -> float:
   """XLA's flop count of the compiled step (0 where the backend does not report it)."""
   cost = fn.lower(*args).compile().cost_analysis()
@@ -203,10 +211,7 @@ def main(argv=None):
     print(f"  floor (flops / plain): l2rw {parts['l2rw_floor']:.3f}, meta_weight_net "
           f"{parts['meta_weight_net_floor']:.3f}", flush=True)
   if args.json:
-    meta = {"backend": jax.default_backend(), "jax": jax.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
-    with open(args.json, "w") as f:
-      json.dump({"args": vars(args), "meta": meta, "results": out}, f, indent=1)
+    write_json(args.json, args, out)
   return out
 
 

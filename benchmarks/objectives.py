@@ -23,14 +23,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from meta_cost import compiled_flops, write_json
 
 from reweight import objectives
 from reweight.losses import softmax_cross_entropy
@@ -71,14 +69,6 @@ def make_steps(fn, k: int, lr: float = 0.01, max_iters: int = 20):
     return jax.tree.map(lambda p, u: p - lr * u, params, d), state, loss
 
   return {"linear": (linear_step, lin.init()), "mgda": (mgda_step, mg.init())}
-
-
-def compiled_flops(fn, *args) -> float:
-  """XLA's flop count of the compiled step (0 where the backend does not report it)."""
-  cost = fn.lower(*args).compile().cost_analysis()
-  if isinstance(cost, list):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0))
 
 
 def measure(k: int, rounds: int, steps_per_round: int, warmup: int, max_iters: int):
@@ -136,10 +126,7 @@ def main(argv=None):
     print(f"  {k:3d} {r['linear_ms']:10.3f} {r['mgda_ms']:10.3f} "
           f"{r['ratio']:8.3f} ({lo:.3f}-{hi:.3f}) {fr:>16s}", flush=True)
   if args.json:
-    meta = {"backend": jax.default_backend(), "jax": jax.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
-    with open(args.json, "w") as f:
-      json.dump({"args": vars(args), "meta": meta, "results": out}, f, indent=1)
+    write_json(args.json, args, out)
   return out
 
 
