@@ -42,8 +42,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float],
   ``mean ± t_{(1+c)/2, n-1} * std(d, ddof=1) / sqrt(n)``.
 
   Returns:
-    ``{"differences", "mean", "ci95": [lo, hi] or None for one seed, "n"}`` (the key says
-    95 whatever ``confidence`` is only when it is 0.95: pass the default for reports).
+    ``{"differences", "mean", "sem", "ci95": [lo, hi], "p", "n"}``: ``sem`` is the standard
+    error ``std(d, ddof=1) / sqrt(n)``, ``p`` the two-sided paired t-test p-value of
+    ``mean(d) = 0``; ``sem``, ``ci95`` and ``p`` are None for one seed (the key says 95
+    whatever ``confidence`` is: pass the default for reports).
   """
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   if d.ndim != 1 or d.size == 0:
@@ -51,9 +53,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float],
                      f"got {np.shape(a)} and {np.shape(b)}")
   n, mean = int(d.size), float(d.mean())
   if n < 2:
-    return {"differences": d.tolist(), "mean": mean, "ci95": None, "n": n}
-  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
-  return {"differences": d.tolist(), "mean": mean, "ci95": [mean - half, mean + half], "n": n}
+    return {"differences": d.tolist(), "mean": mean, "sem": None, "ci95": None, "p": None,
+            "n": n}
+  sem = float(d.std(ddof=1) / np.sqrt(n))
+  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+  p = float(2 * stats.t.sf(abs(mean) / sem, n - 1)) if sem > 0 else (1.0 if mean == 0 else 0.0)
+  return {"differences": d.tolist(), "mean": mean, "sem": sem,
+          "ci95": [mean - half, mean + half], "p": p, "n": n}
 
 
 def verdict(p: Mapping[str, Any], a: str, b: str, what: str, *, higher_is_better: bool,

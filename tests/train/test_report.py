@@ -16,6 +16,9 @@ def test_paired_difference_is_the_t_interval():
   p = report.paired_difference(a, b)
   np.testing.assert_allclose(p["ci95"], [lo, hi], rtol=1e-12)
   assert p["n"] == 4 and p["differences"] == pytest.approx(d.tolist())
+  ttest = stats.ttest_rel(a, b)
+  assert p["p"] == pytest.approx(ttest.pvalue, rel=1e-10)
+  assert p["sem"] == pytest.approx(stats.sem(d), rel=1e-12)
   assert report.paired_difference([1.0], [0.5])["ci95"] is None
   with pytest.raises(ValueError, match="paired by seed"):
     report.paired_difference([], [])
