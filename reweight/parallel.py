@@ -602,10 +602,10 @@ def shard_examples(tree: Any, mesh: Mesh, axis_name: str | tuple[str, ...] | Non
   which XLA partitions (rows owned by other devices travel between devices), with the same
   numbers as a replicated table; the jitted step's output keeps the sharding of its input
   (pass the same sharding as ``out_shardings`` to pin it). Used for SAF's logit memory
-  (``dim=1`` of `reweight.sample.saf.SAFMemory`), the loss EMAs of
+  (``dim=1`` of `reweight.losses.saf.SAFMemory`), the loss EMAs of
   `reweight.curriculum.scoring.LossEmaState` and per-example lookup tables (e.g. an easiness
   table passed to the step as an argument). Inside `jax.shard_map` with ``check_vma=True``,
-  `reweight.sample.saf.read_memory` / ``update_memory`` and
+  `reweight.losses.saf.read_memory` / ``update_memory`` and
   `reweight.curriculum.scoring.update_loss_ema` given ``axis_name`` also accept their table
   sharded this way (``in_specs`` ``P(None, "data")`` / ``P("data")``); under `jax.pmap` or
   ``check_vma=False`` tables must be replicated (``P()``).

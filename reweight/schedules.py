@@ -9,7 +9,9 @@ LR, weight-decay and curriculum-pacing schedules are the same kind of object.
 Conventions: the value at ``step`` is the learning rate of the update that turns the
 parameters after ``step`` updates into the parameters after ``step + 1``. A schedule that
 "ends at ``total_steps``" reaches its final value at ``step == total_steps`` and holds it
-afterwards, like `optax.linear_schedule`.
+afterwards, like `optax.linear_schedule`. Every schedule takes its top value as ``peak`` and
+every other level as a fraction of it, ``*_ratio`` (``init_ratio``, ``const_ratio``,
+``final_ratio``).
 
 Schedules:
 
@@ -387,12 +389,13 @@ def cyclic_cosine(peak: float, cycle_steps: int | Sequence[int], final_ratio: fl
 # Infinite schedule and re-warming.
 
 
-def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: float,
-             anneal_start: int, total_steps: int, min_value: float,
+def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_ratio: float,
+             anneal_start: int, total_steps: int, final_ratio: float,
              cooldown: Cooldown = "cosine", alpha: float = 8.0) -> Schedule:
   r"""The infinite LR schedule: warmup, cooldown to a constant, constant, final annealing.
 
-  With W = ``warmup_steps``, C = ``cooldown_steps``, x = (t - W) / C:
+  With W = ``warmup_steps``, C = ``cooldown_steps``, x = (t - W) / C, eta_max = ``peak``,
+  eta_const = ``const_ratio * peak`` and eta_min = ``final_ratio * peak``:
 
   * t < W: eta_max t / W
   * W <= t < W + C (cooldown to eta_const):
@@ -413,10 +416,12 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
     peak: eta_max.
     warmup_steps: W.
     cooldown_steps: C.
-    const_value: eta_const, the plateau value (0 < eta_const <= peak).
+    const_ratio: eta_const / eta_max, the plateau value as a fraction of ``peak``
+      (0 < const_ratio <= 1).
     anneal_start: T_ann, first step of the final annealing (>= W + C).
-    total_steps: T_end, where the annealing reaches ``min_value``.
-    min_value: eta_min (0 < eta_min <= eta_const).
+    total_steps: T_end, where the annealing reaches ``final_ratio * peak``.
+    final_ratio: eta_min / eta_max, the final value as a fraction of ``peak``
+      (0 < final_ratio <= const_ratio).
     cooldown: ``"cosine"`` or ``"inv_sqrt"``.
     alpha: steepness of the inverse-sqrt cooldown.
 
@@ -425,10 +430,10 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
 
   Examples:
     >>> from reweight import schedules
-    >>> s = schedules.infinite(1.0, warmup_steps=10, cooldown_steps=10, const_value=0.5,
-    ...                        anneal_start=50, total_steps=60, min_value=0.05)
+    >>> s = schedules.infinite(2.0, warmup_steps=10, cooldown_steps=10, const_ratio=0.5,
+    ...                        anneal_start=50, total_steps=60, final_ratio=0.05)
     >>> [round(float(s(t)), 3) for t in (5, 10, 15, 20, 49, 55, 60)]
-    [0.5, 1.0, 0.75, 0.5, 0.5, 0.158, 0.05]
+    [1.0, 2.0, 1.5, 1.0, 1.0, 0.316, 0.1]
 
   References:
     Ibrahim et al., "Simple and Scalable Strategies to Continually Pre-train Large
@@ -439,8 +444,8 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
   cooldown_steps = check_int("cooldown_steps", cooldown_steps)
   anneal_start = check_int("anneal_start", anneal_start)
   total_steps = check_int("total_steps", total_steps, minimum=1)
-  const_value = _check_float("const_value", const_value, lo=0.0, hi=peak, lo_open=True)
-  min_value = _check_float("min_value", min_value, lo=0.0, hi=const_value, lo_open=True)
+  const_ratio = _check_float("const_ratio", const_ratio, lo=0.0, hi=1.0, lo_open=True)
+  final_ratio = _check_float("final_ratio", final_ratio, lo=0.0, hi=const_ratio, lo_open=True)
   check_choice("cooldown", cooldown, _COOLDOWNS)
   alpha = _check_float("alpha", alpha, lo=0.0, lo_open=True)
   if warmup_steps + cooldown_steps > anneal_start:
@@ -450,7 +455,8 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
   if anneal_start >= total_steps:
     raise ValueError(f"anneal_start={anneal_start} must be < total_steps={total_steps}")
   h1 = 1 / math.sqrt(1 + alpha) - 1
-  log_ratio = math.log(min_value / const_value)
+  log_ratio = math.log(final_ratio / const_ratio)
+  const_value = const_ratio * peak
   cool_end = warmup_steps + cooldown_steps
 
   def schedule(step):
@@ -471,24 +477,24 @@ def infinite(peak: float, warmup_steps: int, cooldown_steps: int, const_value: f
   return schedule
 
 
-def rewarm(peak: float, total_steps: int, warmup_steps: int, init_value: float = 0.0,
+def rewarm(peak: float, total_steps: int, warmup_steps: int, init_ratio: float = 0.0,
            final_ratio: float = 0.1, shape: DecayShape = "cosine") -> Schedule:
   r"""Re-warm then re-decay, for continuing training on new data.
 
   The form chosen here (the "re-warming and re-decaying" baseline of Ibrahim et al.):
-  linear warmup from ``init_value`` (0, or the previous run's final LR) to ``peak`` over
-  ``warmup_steps``, then a decay with ``shape`` over the remaining
+  linear warmup from ``init_ratio * peak`` (0, or the previous run's final LR) to ``peak``
+  over ``warmup_steps``, then a decay with ``shape`` over the remaining
   ``total_steps - warmup_steps`` steps to ``final_ratio * peak``. It is
   ``wsd(peak, total_steps, warmup_steps, decay_steps=total_steps - warmup_steps, shape,
-  final_ratio, init_ratio=init_value / peak)``. Ibrahim et al. re-warm over about 1% of
-  the new run and cosine-decay to 0.1x the peak. Steps count from the start of the new
-  run.
+  final_ratio, init_ratio)``. Ibrahim et al. re-warm over about 1% of the new run and
+  cosine-decay to 0.1x the peak. Steps count from the start of the new run.
 
   Args:
     peak: the re-warmed learning rate.
     total_steps: length of the new run.
     warmup_steps: re-warmup length.
-    init_value: the value at the start of the new run (0 <= init_value <= peak).
+    init_ratio: the value at the start of the new run as a fraction of ``peak``
+      (0 <= init_ratio <= 1), e.g. the previous run's final LR divided by ``peak``.
     final_ratio: the final value as a fraction of ``peak``.
     shape: decay shape, as in `wsd`.
 
@@ -497,9 +503,9 @@ def rewarm(peak: float, total_steps: int, warmup_steps: int, init_value: float =
 
   Examples:
     >>> from reweight import schedules
-    >>> s = schedules.rewarm(1.0, total_steps=110, warmup_steps=10, init_value=0.1)
+    >>> s = schedules.rewarm(2.0, total_steps=110, warmup_steps=10, init_ratio=0.1)
     >>> [round(float(s(t)), 3) for t in (0, 10, 60, 110)]
-    [0.1, 1.0, 0.55, 0.1]
+    [0.2, 2.0, 1.1, 0.2]
 
   References:
     Ibrahim et al., "Simple and Scalable Strategies to Continually Pre-train Large
@@ -507,13 +513,13 @@ def rewarm(peak: float, total_steps: int, warmup_steps: int, init_value: float =
     Models: How to (re)warm your model?", 2023.
   """
   peak = _check_float("peak", peak, lo=0.0, lo_open=True)
-  init_value = _check_float("init_value", init_value, lo=0.0, hi=peak)
+  init_ratio = _check_float("init_ratio", init_ratio, lo=0.0, hi=1.0)
   total_steps = check_int("total_steps", total_steps, minimum=1)
   warmup_steps = check_int("warmup_steps", warmup_steps)
   if warmup_steps > total_steps:
     raise ValueError(f"warmup_steps={warmup_steps} exceeds total_steps={total_steps}")
   return wsd(peak, total_steps, warmup_steps, decay_steps=total_steps - warmup_steps,
-             shape=shape, final_ratio=final_ratio, init_ratio=init_value / peak)
+             shape=shape, final_ratio=final_ratio, init_ratio=init_ratio)
 
 
 def linear_decay(peak: float, total_steps: int, warmup_steps: int = 0,

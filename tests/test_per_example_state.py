@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from reweight import parallel, testing
 from reweight.curriculum import scoring
-from reweight.sample.saf import read_memory, saf_memory, update_memory
+from reweight.losses.saf import read_memory, saf_memory, update_memory
 
 N, C, B, E, SPE, STEPS = 64, 5, 16, 2, 4, 12
 
@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from reweight import parallel
 from reweight.curriculum import scoring
 from reweight.sample import hardness
-from reweight.sample.saf import read_memory, saf_loss, saf_memory_writer
+from reweight.losses.saf import read_memory, saf_loss, saf_memory_writer
 
 N, C, B, E, SPE, STEPS = {N}, {C}, {B}, {E}, {SPE}, {STEPS}
 rng = np.random.default_rng(0)

@@ -95,9 +95,12 @@ def test_moderate_decay_and_rewarm_match_optax_warmup_cosine():
   mod = schedules.moderate_decay(peak, total, final_ratio=0.3, warmup_steps=warmup)
   ref = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, 0.3 * peak)
   np.testing.assert_allclose(values(mod, t), values(ref, t), rtol=1e-5, atol=1e-7)
-  re = schedules.rewarm(peak, total, warmup, init_value=0.2, final_ratio=0.1)
-  ref = optax.warmup_cosine_decay_schedule(0.2, peak, warmup, total, 0.1 * peak)
+  # rewarm's levels are fractions of its peak: init 0.1 * 2 = 0.2, final 0.1 * 2 = 0.2.
+  re = schedules.rewarm(2.0, total, warmup, init_ratio=0.1, final_ratio=0.1)
+  ref = optax.warmup_cosine_decay_schedule(0.2, 2.0, warmup, total, 0.2)
   np.testing.assert_allclose(values(re, t), values(ref, t), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="init_ratio=1.5 must be <= 1.0"):
+    schedules.rewarm(2.0, total, warmup, init_ratio=1.5)
   lin = schedules.moderate_decay(peak, total, final_ratio=0.5, shape="linear")
   np.testing.assert_allclose(values(lin, t), values(optax.linear_schedule(1.0, 0.5, total), t),
                              rtol=1e-6)
@@ -222,9 +225,10 @@ def test_cyclic_cosine_with_cycle_lengths():
 
 @pytest.mark.parametrize("cooldown", ["cosine", "inv_sqrt"])
 def test_infinite_matches_piecewise_closed_form(cooldown):
-  peak, w, cd, const, t_ann, t_end, lo, alpha = 1.0, 10, 20, 0.3, 60, 100, 0.01, 5.0
-  s = schedules.infinite(peak, w, cd, const, t_ann, t_end, lo, cooldown=cooldown,
-                         alpha=alpha)
+  peak, w, cd, const, t_ann, t_end, lo, alpha = 2.0, 10, 20, 0.6, 60, 100, 0.02, 5.0
+  # eta_const = const_ratio * peak and eta_min = final_ratio * peak.
+  s = schedules.infinite(peak, w, cd, const / peak, t_ann, t_end, lo / peak,
+                         cooldown=cooldown, alpha=alpha)
   ref = []
   for t in range(0, 120):
     if t < w:
@@ -246,11 +250,13 @@ def test_infinite_matches_piecewise_closed_form(cooldown):
   assert got[w + cd] == pytest.approx(const, rel=1e-6)  # lands exactly on the constant
   assert got[t_end] == pytest.approx(lo, rel=1e-5)
   with pytest.raises(ValueError, match="cooldown='sqrt' is not one of"):
-    schedules.infinite(peak, w, cd, const, t_ann, t_end, lo, cooldown="sqrt")
+    schedules.infinite(peak, w, cd, 0.3, t_ann, t_end, 0.01, cooldown="sqrt")
   with pytest.raises(ValueError, match="anneal_start=20"):
-    schedules.infinite(peak, w, cd, const, 20, t_end, lo)
-  with pytest.raises(ValueError, match="min_value=0.5"):
-    schedules.infinite(peak, w, cd, const, t_ann, t_end, 0.5)
+    schedules.infinite(peak, w, cd, 0.3, 20, t_end, 0.01)
+  with pytest.raises(ValueError, match="final_ratio=0.5 must be <= 0.3"):
+    schedules.infinite(peak, w, cd, 0.3, t_ann, t_end, 0.5)
+  with pytest.raises(ValueError, match="const_ratio=1.5 must be <= 1.0"):
+    schedules.infinite(peak, w, cd, 1.5, t_ann, t_end, 0.01)
 
 
 # ----------------------------------------------------------------------------------------

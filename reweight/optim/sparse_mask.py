@@ -25,7 +25,6 @@ References:
 
 from __future__ import annotations
 
-import re
 from typing import Literal, NamedTuple, get_args
 
 import jax
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from reweight._checks import check_choice
-from reweight.tree_paths import path_str
+from reweight.tree_paths import flatten_with_paths, select
 
 Others = Literal["inner", "freeze"]
 _VALID_OTHERS = get_args(Others)
@@ -118,7 +117,9 @@ def lift(
     lora_rank: LoRA-equivalent budget, ``k = (m + n) * lora_rank``; defaults to ``rank``.
     k: explicit number of entries per target matrix (overrides ``lora_rank``).
     refresh_every: refresh period in updates (``0`` never refreshes).
-    targets: regex over '/'-joined parameter paths (``re.fullmatch``); only 2-D leaves.
+    targets: regex over '/'-joined parameter paths (``re.fullmatch``, matched by
+      `reweight.tree_paths.select` as in `reweight.reparam`, so a Flax NNX state's trailing
+      ``/value`` may be left out); only 2-D leaves.
     others: non-target leaves: ``"inner"`` (updated by ``inner`` as usual) or ``"freeze"``
       (zero updates, no state).
 
@@ -153,13 +154,12 @@ def lift(
   if refresh_every < 0:
     raise ValueError(f"refresh_every={refresh_every!r} must be >= 0")
   lora_rank = rank if lora_rank is None else lora_rank
-  pattern = re.compile(targets)
   inner = optax.with_extra_args_support(inner)
 
   def target_paths(tree) -> list[tuple[str, bool]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [(path_str(p), bool(pattern.fullmatch(path_str(p))) and getattr(x, "ndim", 0) == 2)
-            for p, x in leaves]
+    """``(path, is_target)`` of every leaf in tree order; raises if nothing matches."""
+    hits = set(select(tree, targets, ndim=2))
+    return [(path, path in hits) for path in flatten_with_paths(tree)]
 
   def num_entries(shape) -> int:
     m, n = shape
@@ -194,10 +194,6 @@ def lift(
 
   def init(params):
     info = target_paths(params)
-    if not any(t for _, t in info):
-      raise ValueError(
-          f"targets={targets!r} matches no 2-D parameter; available paths: "
-          f"{sorted(p for p, _ in info)}")
     flat = dict(zip([p for p, _ in info], jax.tree.leaves(params), strict=True))
     indices = {
         path: principal_mask_indices(flat[path], rank, num_entries(flat[path].shape))

@@ -13,6 +13,7 @@ from reweight.reparam.eva import collect_inputs, eva, eva_fit, redistribute_rank
 from reweight.reparam.factored import NotFactorableError, factored
 from reweight.reparam.lora import dora, lora
 from reweight.reparam.merge import init_train, merge, tree_bytes, unmerge
+from reweight.reparam.modules_to_save import modules_to_save
 from reweight.reparam.patches import (
     apply_patches,
     patch,
@@ -21,6 +22,7 @@ from reweight.reparam.patches import (
     patch_scale,
     project_off,
 )
+from reweight.reparam.with_data import with_data
 
 __all__ = [
     "NotFactorableError",
@@ -41,6 +43,7 @@ __all__ = [
     "init_train",
     "lora",
     "merge",
+    "modules_to_save",
     "orthogonal_penalty",
     "patch_add",
     "patch_remove",
@@ -49,4 +52,5 @@ __all__ = [
     "select",
     "tree_bytes",
     "unmerge",
+    "with_data",
 ]

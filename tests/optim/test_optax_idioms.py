@@ -65,6 +65,9 @@ CASES: dict[str, Case] = {
         static=("total_steps", "init_rank", "target_rank", "tinit", "tfinal", "delta_t"),
         params=_lora_params),
     "adamp": Case(dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "add_penalty_gradient": Case(
+        dict(penalty=lambda p: sum(jnp.sum(x ** 4) for x in jax.tree.leaves(p)), weight=0.1),
+        static=("penalty",)),
     "ema_params": Case(dict(decay=0.9)),
     "lift": Case(dict(inner=optax.adam(1e-2), rank=2, lora_rank=1, refresh_every=2),
                  static=("rank", "lora_rank", "refresh_every")),

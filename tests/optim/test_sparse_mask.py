@@ -136,5 +136,30 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="rank=0"):
     lift(optax.adam(0.1), rank=0)
   opt = lift(optax.adam(0.1), rank=1, targets="nothing")
-  with pytest.raises(ValueError, match="matches no 2-D parameter"):
+  with pytest.raises(ValueError, match="targets='nothing' matches no parameter with ndim=2"):
     opt.init(_params(np.random.default_rng(0)))
+  opt = lift(optax.adam(0.1), rank=1, targets=r".*bias")  # 1-D leaves are never targets
+  with pytest.raises(ValueError, match="available paths: \\['a/bias', 'a/kernel'"):
+    opt.init(_params(np.random.default_rng(0)))
+
+
+def test_targets_are_matched_as_in_reparam():
+  """The same leaves as `reweight.tree_paths.select` (and so `reweight.reparam`), including
+  Flax NNX state paths ending in ``/value`` for a regex that leaves it out."""
+  from reweight.tree_paths import select
+
+  rng = np.random.default_rng(3)
+  nnx_like = {name: {"kernel": {"value": jnp.asarray(rng.normal(size=shape), jnp.float32)},
+                     "bias": {"value": jnp.zeros(shape[1], jnp.float32)}}
+              for name, shape in (("l0", (6, 5)), ("l1", (4, 3)))}
+  opt = lift(optax.sgd(1.0), rank=1, k=3, targets=r".*l0/kernel", others="freeze")
+  state = opt.init(nnx_like)
+  assert sorted(state.indices) == select(nnx_like, r".*l0/kernel") == ["l0/kernel/value"]
+  w = nnx_like["l0"]["kernel"]["value"]
+  np.testing.assert_array_equal(state.indices["l0/kernel/value"], _np_mask(w, 1, 3))
+  grads = jax.tree.map(jnp.ones_like, nnx_like)
+  u, _ = opt.update(grads, state, nnx_like)
+  expected = np.zeros(w.size)
+  expected[_np_mask(w, 1, 3)] = -1.0  # SGD(lr=1) on the masked entries, zero elsewhere
+  np.testing.assert_array_equal(np.asarray(u["l0"]["kernel"]["value"]).ravel(), expected)
+  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(u["l1"]))

@@ -92,7 +92,7 @@ def amplify(probs: Array, amplifier: float = AMPLIFIER) -> Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.anyloss import amplify
+    >>> from reweight.losses import amplify
     >>> [round(x, 4) for x in amplify(jnp.array([0.0, 0.45, 0.5, 0.9])).tolist()]
     [0.0, 0.0253, 0.5, 1.0]
   """
@@ -165,7 +165,7 @@ def soft_confusion(logits: Array, labels: Array, *, amplifier: float = AMPLIFIER
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.anyloss import soft_confusion
+    >>> from reweight.losses import soft_confusion
     >>> c = soft_confusion(jnp.array([5.0, -5.0, 5.0]), jnp.array([1, 1, 0]))
     >>> [round(float(x), 3) for x in c]  # tp, fp, fn, tn, positives, negatives
     [1.0, 1.0, 1.0, 0.0, 2.0, 1.0]
@@ -225,7 +225,7 @@ def f_beta_loss(logits: Array, labels: Array, beta: float = 1.0, *,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.anyloss import f_beta_loss
+    >>> from reweight.losses import f_beta_loss
     >>> labels = jnp.array([1, 1, 0, 0])
     >>> round(float(f_beta_loss(jnp.array([4.0, 4.0, -4.0, -4.0]), labels)), 4)  # perfect
     0.0
@@ -274,7 +274,7 @@ def balanced_accuracy_loss(logits: Array, labels: Array, *, amplifier: float = A
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.anyloss import balanced_accuracy_loss
+    >>> from reweight.losses import balanced_accuracy_loss
     >>> labels = jnp.array([1, 0, 0, 0])
     >>> # Predicting "negative" everywhere: accuracy 3/4, balanced accuracy 1/2.
     >>> round(float(balanced_accuracy_loss(jnp.full(4, -4.0), labels)), 4)

@@ -75,7 +75,7 @@ from jax.sharding import Mesh
 
 from reweight import parallel
 from reweight.base import Weighting, valid_mask
-from reweight.losses import softmax_cross_entropy
+from reweight.losses.classification import softmax_cross_entropy
 from reweight.parallel import AxisName
 
 Array = jax.Array
@@ -115,7 +115,7 @@ def saf_memory(num_examples: int, num_classes: int, *, epochs_ago: int = 1,
     example (``E (4 C + 4)`` in float32), divided among the devices when sharded.
 
   Examples:
-    >>> from reweight.sample.saf import saf_memory
+    >>> from reweight.losses import saf_memory
     >>> memory = saf_memory(10, 3, epochs_ago=2)
     >>> memory.logits.shape, memory.written.shape
     ((2, 10, 3), (2, 10))
@@ -172,7 +172,7 @@ def read_memory(memory: SAFMemory, example_ids: Array, epoch, *,
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.sample.saf import read_memory, saf_memory, update_memory
+    >>> from reweight.losses import read_memory, saf_memory, update_memory
     >>> memory = update_memory(saf_memory(4, 2), jnp.array([1, 3]),
     ...                        jnp.array([[1.0, 2.0], [3.0, 4.0]]), epoch=0)
     >>> past, has_past = read_memory(memory, jnp.array([3, 0]), epoch=1)
@@ -255,7 +255,7 @@ def update_memory(memory: SAFMemory, example_ids: Array, logits: Array, *, epoch
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.sample.saf import saf_memory, update_memory
+    >>> from reweight.losses import saf_memory, update_memory
     >>> memory = update_memory(saf_memory(3, 2), jnp.array([2, 0]),
     ...                        jnp.array([[1.0, -1.0], [0.5, 0.5]]), epoch=4,
     ...                        mask=jnp.array([True, False]))
@@ -321,7 +321,7 @@ def saf_loss(logits: Array, labels: Array, memory_logits: Array, tau: float = 5.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.sample.saf import saf_loss
+    >>> from reweight.losses import saf_loss
     >>> logits = jnp.array([[2.0, 0.0], [0.0, 0.0]])
     >>> same = saf_loss(logits, jnp.array([0, 1]), logits)  # KL(q || q) = 0: plain CE
     >>> [round(x, 4) for x in same.tolist()]
@@ -389,7 +389,7 @@ def saf_memory_writer(num_examples: int, num_classes: int, *, steps_per_epoch: i
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.sample.saf import read_memory, saf_memory_writer
+    >>> from reweight.losses import read_memory, saf_memory_writer
     >>> writer = saf_memory_writer(5, 2, steps_per_epoch=10)
     >>> w, memory = writer.update(jnp.ones(2), writer.init(), step=3,
     ...                           example_ids=jnp.array([4, 1]), logits=jnp.ones((2, 2)))

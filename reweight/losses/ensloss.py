@@ -57,7 +57,7 @@ def binary_margins(scores: Array, labels: Array) -> Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from reweight.sample.ensloss import binary_margins
+    >>> from reweight.losses import binary_margins
     >>> binary_margins(jnp.array([2.0, 2.0, -0.5]), jnp.array([1, 0, 0])).tolist()
     [2.0, -2.0, 0.5]
   """
@@ -127,7 +127,7 @@ def ensloss_derivatives(margins: Array, key: Array, mask: Array | None = None, *
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from reweight.sample.ensloss import ensloss_derivatives
+    >>> from reweight.losses import ensloss_derivatives
     >>> g = ensloss_derivatives(jnp.array([0.3, -1.0, 2.0]), jax.random.key(0),
     ...                         mask=jnp.array([True, True, False]))
     >>> bool(g[1] <= g[0] < 0), float(g[2])
@@ -173,7 +173,7 @@ def ensloss(margins: Array, key: Array, mask: Array | None = None, *,
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from reweight.sample.ensloss import ensloss
+    >>> from reweight.losses import ensloss
     >>> z = jnp.array([0.3, -1.0, 0.1, 0.5])
     >>> losses = ensloss(z, jax.random.key(0))
     >>> g = jax.grad(lambda z: ensloss(z, jax.random.key(0)).sum())(z)

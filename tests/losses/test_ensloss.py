@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 import reweight
 from reweight import testing
-from reweight.sample.ensloss import binary_margins, ensloss, ensloss_derivatives
+from reweight.losses.ensloss import binary_margins, ensloss, ensloss_derivatives
 
 
 def numpy_derivatives(margins, normals, valid, tail=True, lam=0.0):
@@ -122,7 +122,7 @@ def loss_layouts(make_loss, params, batch):
 SHARDING_CODE = LOSS_LAYOUTS + """
 import reweight
 from reweight.base import weighted_mean
-from reweight.sample.ensloss import binary_margins, ensloss
+from reweight.losses.ensloss import binary_margins, ensloss
 rng = np.random.default_rng(0)
 B = 64
 batch = {"x": rng.normal(size=(B, 3)).astype(np.float32),

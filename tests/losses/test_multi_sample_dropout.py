@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reweight import testing
-from reweight.sample.multi_sample_dropout import dropout_masks, multi_sample_dropout
+from reweight.losses.multi_sample_dropout import dropout_masks, multi_sample_dropout
 
 
 def _masks_from_documented_keys(key, num_samples, shape, rate):
@@ -98,7 +98,7 @@ def loss_layouts(make_loss, params, batch):
 
 SHARDING_CODE = LOSS_LAYOUTS + """
 from reweight.base import weighted_mean
-from reweight.sample.multi_sample_dropout import multi_sample_dropout
+from reweight.losses.multi_sample_dropout import multi_sample_dropout
 rng = np.random.default_rng(0)
 B = 64
 batch = {"x": rng.normal(size=(B, 6)).astype(np.float32),

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import reweight
 from reweight import testing
-from reweight.sample.saf import (
+from reweight.losses.saf import (
     read_memory,
     saf_loss,
     saf_memory,
@@ -170,8 +170,8 @@ def test_memory_skips_nonfinite_rows_and_stores_bfloat16():
 SHARDING_CODE = """
 import json, numpy as np, jax, jax.numpy as jnp
 from reweight import testing
-from reweight.sample.saf import read_memory, saf_loss, saf_memory, saf_memory_writer
-from reweight.sample.saf import update_memory
+from reweight.losses.saf import read_memory, saf_loss, saf_memory, saf_memory_writer
+from reweight.losses.saf import update_memory
 rng = np.random.default_rng(0)
 B, N, C = 64, 100, 5
 ids = rng.permutation(N)[:B].astype(np.int32)

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from sklearn.metrics import balanced_accuracy_score, f1_score, fbeta_score
 
 from reweight import testing
-from reweight.anyloss import amplify, balanced_accuracy_loss, f_beta_loss, soft_confusion
+from reweight.losses.anyloss import amplify, balanced_accuracy_loss, f_beta_loss, soft_confusion
 
 S = 1e-5
 
@@ -205,7 +205,7 @@ def loss_layouts(make_loss, params, batch):
 '''
 
 SHARDING_CODE = LOSS_LAYOUTS + """
-from reweight.anyloss import balanced_accuracy_loss, f_beta_loss
+from reweight.losses.anyloss import balanced_accuracy_loss, f_beta_loss
 rng = np.random.default_rng(0)
 B = 64
 res = {"values": {}}

@@ -21,14 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Losses over other units than examples, defined in their own modules (they do not import
-# this one) and re-exported here: `reweight.losses.<name>`.
-from reweight.contrastive import info_nce, info_nce_global  # noqa: F401
-from reweight.grpo import group_advantages, grpo  # noqa: F401
-from reweight.load_balancing import load_balancing, router_z_loss  # noqa: F401
-from reweight.preference import dpo, dpo_rewards, sparse_po, sparse_po_rewards  # noqa: F401
-from reweight.token_losses import anchored_token_probability  # noqa: F401
-
 Array = jax.Array
 
 

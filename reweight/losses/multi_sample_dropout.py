@@ -44,7 +44,7 @@ def dropout_masks(key: Array, shape: tuple[int, ...], rate: float, *,
 
   Examples:
     >>> import jax
-    >>> from reweight.sample.multi_sample_dropout import dropout_masks
+    >>> from reweight.losses import dropout_masks
     >>> dropout_masks(jax.random.key(0), (3, 4), rate=0.0).all().item()
     True
   """
@@ -87,7 +87,7 @@ def multi_sample_dropout(head_fn: Callable[[Array], Any], features: Array, key: 
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from reweight.sample.multi_sample_dropout import multi_sample_dropout
+    >>> from reweight.losses import multi_sample_dropout
     >>> w, labels = jnp.ones((4, 3)), jnp.array([0, 2])
     >>> head = lambda h: optax.softmax_cross_entropy_with_integer_labels(h @ w, labels)
     >>> losses = multi_sample_dropout(head, jnp.ones((2, 4)), jax.random.key(0),
