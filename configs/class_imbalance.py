@@ -4,7 +4,8 @@ python experiments/class_imbalance.py --config=configs/class_imbalance.py \
     --workdir=workdir/class_imbalance
 
 A balanced meta set of 10 examples per class is taken out of TRAIN first (for every method,
-so all train on the same examples), then the rest is subsampled to the long-tailed profile
+so all train on the same examples), then 15% of every class of the rest is held out as a
+balanced validation split, then the rest is subsampled to the long-tailed profile
 ``n_c = floor(n_max * ratio ** (-c / 9))``.
 """
 
@@ -16,6 +17,10 @@ def get_config():
   c.dataset = "digits"
   c.imbalance_ratios = (10.0, 100.0)
   c.meta_per_class = 10  # balanced meta set for l2rw / meta_weight_net, taken from TRAIN
+  # Validation: 15% of every class of the rest of TRAIN, held out BEFORE the long-tail
+  # subsampling (balanced, like the test split); the best method is chosen on its balanced
+  # accuracy, never on test.
+  c.val_fraction = 0.15
   c.seeds = (0, 1, 2)
 
   # As configs/noisy_labels.py (learning rate chosen there on a validation split of TRAIN).

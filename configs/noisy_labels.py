@@ -39,6 +39,9 @@ def get_config(datasets: str = "digits,mnist1d"):
   c.noise_settings = (("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6),
                       ("pairflip", 0.4))
   c.meta_per_class = 10  # clean meta set for l2rw / meta_weight_net, taken from TRAIN
+  # Validation: 15% of every class of the rest of TRAIN, held out after the label noise (as
+  # noisy as the training labels); the best method is chosen on it, never on test.
+  c.val_fraction = 0.15
   c.seeds = (0, 1, 2)
 
   c.training = ml_collections.ConfigDict(TRAINING)  # per dataset

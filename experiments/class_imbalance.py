@@ -6,15 +6,19 @@ examples (`reweight.data.corruptions.class_imbalance`). Methods (``config.method
 focal loss, class-balanced weights from the training class counts (Cui et al.), the four
 loss-based weightings (Sow et al.), and L2RW and Meta-Weight-Net with a BALANCED meta set of
 ``config.meta_per_class`` examples per class. The meta set is taken out of TRAIN before the
-subsampling, for every method, so all methods train on the same long-tailed examples. The
-test split is the usual (nearly balanced) one.
+subsampling, for every method, so all methods train on the same long-tailed examples. Then
+``config.val_fraction`` of every class of the rest is held out as VALIDATION, also before the
+subsampling, so it is balanced like the test split (the usual, nearly balanced one). All
+numbers are those of the last step (no checkpoint is chosen).
 
 Each setting is one `reweight.train.experiment.run` (methods x seeds) in
 ``workdir/<dataset>_ratio<r>``, with its ``table.md`` and ``curves.png``. Then one report,
-``workdir/report.md`` (also printed), has a table per setting (final accuracy, final and best
-balanced accuracy, read from the runs' histories) and a summary: the method with the best
-final balanced accuracy and its gain over CE. The best balanced accuracy along training is
-reported, never used to choose anything. ``workdir/balanced_accuracy.png`` plots the
+``workdir/report.md`` (also printed), has a table per setting (validation balanced accuracy,
+test accuracy and balanced accuracy, the paired difference of test balanced accuracy from
+CE with its 95% t-interval, read from the runs' histories) and a summary: the method with
+the highest mean VALIDATION balanced accuracy (`best_method`; test plays no part in the
+choice), its test balanced accuracy beside, and its paired difference from CE. Means ±
+sample std (ddof=1) with n stated. ``workdir/balanced_accuracy.png`` plots the test
 balanced accuracy along training.
 
   python experiments/class_imbalance.py --config=configs/class_imbalance.py \
@@ -50,6 +54,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from reweight.train import experiment, plots  # noqa: E402
+from reweight.train import report as stats  # noqa: E402
 
 # ------------------------------------------------------------------------------ settings
 
@@ -62,8 +67,8 @@ def setting_name(dataset: str, ratio: float) -> str:
 def setting_config(config: ml_collections.ConfigDict, ratio: float) -> ml_collections.ConfigDict:
   """The `experiment.run` config of one imbalance ratio (clean labels)."""
   c = ml_collections.ConfigDict()
-  for key in ("dataset", "meta_per_class", "seeds", "model", "model_kwargs", "optimizer",
-              "learning_rate", "weight_decay", "steps", "batch_size", "microbatches",
+  for key in ("dataset", "meta_per_class", "val_fraction", "seeds", "model", "model_kwargs",
+              "optimizer", "learning_rate", "weight_decay", "steps", "batch_size", "microbatches",
               "eval_every", "methods"):
     c[key] = config[key]
   c.imbalance_ratio = float(ratio)
@@ -91,70 +96,114 @@ def histories(workdir: str, config: ml_collections.ConfigDict) -> dict[str, list
 
 
 def balanced_accuracy(runs: Mapping[str, list[list[dict]]]) -> dict[str, dict]:
-  """Mean and std over seeds of the final and the best test balanced accuracy."""
+  """Per method, mean ± sample std (`report.mean_std`) over seeds of the last evaluation's
+  validation and test balanced accuracy, with the per-seed values (``per_seed``, in the
+  order of the seeds) for paired comparisons."""
   out = {}
   for method, hs in runs.items():
-    final = np.array([h[-1]["test_balanced_accuracy"] for h in hs])
-    best = np.array([max(r["test_balanced_accuracy"] for r in h) for h in hs])
-    out[method] = {"final_balanced_accuracy": (final.mean(), final.std()),
-                   "best_balanced_accuracy": (best.mean(), best.std())}
+    per_seed = {"val_balanced_accuracy": [h[-1]["val_balanced_accuracy"] for h in hs],
+                "final_balanced_accuracy": [h[-1]["test_balanced_accuracy"] for h in hs]}
+    out[method] = {k: stats.mean_std(v) for k, v in per_seed.items()}
+    out[method]["per_seed"] = per_seed
   return out
+
+
+def best_method(balanced: Mapping[str, Mapping], candidates) -> str:
+  """The candidate with the highest mean final VALIDATION balanced accuracy (ties: the
+  earlier one); test accuracy plays no part."""
+  return experiment.best_on_validation(balanced, candidates, "val_balanced_accuracy")
+
+
+def versus(balanced: Mapping[str, Mapping], method: str, reference: str) -> dict:
+  """`report.paired_difference` of the final test balanced accuracy, method - reference."""
+  return stats.paired_difference(balanced[method]["per_seed"]["final_balanced_accuracy"],
+                                 balanced[reference]["per_seed"]["final_balanced_accuracy"])
 
 
 # -------------------------------------------------------------------------------- report
 
 
-def _pm(stat) -> str:
-  return f"{100 * stat[0]:.1f} ± {100 * stat[1]:.1f}"
+_pm = experiment.format_pm
 
 
-def setting_table(summary: Mapping[str, Mapping], balanced: Mapping[str, Mapping]) -> str:
-  """One row per method: final accuracy, final and best balanced accuracy."""
-  lines = ["| method | final test acc | final balanced acc | best balanced acc |",
-           "|---|---|---|---|"]
+def setting_table(summary: Mapping[str, Mapping], balanced: Mapping[str, Mapping],
+                  reference: str = "ce") -> str:
+  """One row per method: validation balanced accuracy, test accuracy and balanced accuracy,
+  and the paired difference of test balanced accuracy from ``reference`` (95% interval)."""
+  lines = [f"| method | val balanced acc | test acc | test balanced acc | test balanced acc − "
+           f"{reference} (95% CI) |", "|---|---|---|---|---|"]
   for method, s in summary.items():
     b = balanced[method]
-    lines.append(f"| {method} | {_pm(s['final_accuracy'])} | "
-                 f"{_pm(b['final_balanced_accuracy'])} | {_pm(b['best_balanced_accuracy'])} |")
+    diff = "–" if method == reference else experiment.format_difference(
+        versus(balanced, method, reference))
+    lines.append(f"| {method} | {_pm(b['val_balanced_accuracy'])} | "
+                 f"{_pm(s['final_accuracy'])} | {_pm(b['final_balanced_accuracy'])} | "
+                 f"{diff} |")
   return "\n".join(lines)
 
 
 def summary_table(results: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> str:
-  """Per setting: CE's balanced accuracy, the best method's and the difference."""
+  """Per setting: CE's balanced accuracy, the method best on validation (its validation and
+  test balanced accuracy) and its paired test difference from CE."""
   ref = config.reference
-  lines = [f"| setting | {ref} final balanced acc | best method | its final balanced acc | "
-           f"gain over {ref} (points) |", "|---|---|---|---|---|"]
+  lines = [f"| setting | {ref} val balanced acc | {ref} test balanced acc | best on val | "
+           f"its val balanced acc | its test balanced acc | − {ref}, test (points, 95% CI) |",
+           "|---|---|---|---|---|---|---|"]
   for name, r in results.items():
     bal = r["balanced"]
-    others = [m for m in bal if m != ref]
-    best = max(others, key=lambda m: bal[m]["final_balanced_accuracy"][0])
-    gain = bal[best]["final_balanced_accuracy"][0] - bal[ref]["final_balanced_accuracy"][0]
-    lines.append(f"| {name} | {_pm(bal[ref]['final_balanced_accuracy'])} | {best} | "
-                 f"{_pm(bal[best]['final_balanced_accuracy'])} | {100 * gain:+.1f} |")
+    best = best_method(bal, [m for m in bal if m != ref])
+    lines.append(f"| {name} | {_pm(bal[ref]['val_balanced_accuracy'])} | "
+                 f"{_pm(bal[ref]['final_balanced_accuracy'])} | {best} | "
+                 f"{_pm(bal[best]['val_balanced_accuracy'])} | "
+                 f"{_pm(bal[best]['final_balanced_accuracy'])} | "
+                 f"{experiment.format_difference(versus(bal, best, ref))} |")
   return "\n".join(lines)
+
+
+def verdicts(results: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> list[str]:
+  """One `report.verdict` line per setting: the method best on validation against the
+  reference, on test balanced accuracy."""
+  ref, lines = config.reference, []
+  for name, r in results.items():
+    bal = r["balanced"]
+    best = best_method(bal, [m for m in bal if m != ref])
+    lines.append(f"* {name}: " + stats.verdict(
+        experiment.in_points(versus(bal, best, ref)), best, ref,
+        "test balanced accuracy", higher_is_better=True, digits=1) + ".")
+  return lines
 
 
 def report(results: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> str:
   """The combined Markdown report: the summary, then one table per setting."""
+  n = len(config.seeds)
   parts = [
       "# Class imbalance",
       "",
       f"{config.dataset}, {config.model}, {config.steps} steps, lr {config.learning_rate}, "
-      f"seeds {tuple(config.seeds)}; mean ± std over seeds, in %. Balanced accuracy = mean "
-      "over classes of the per-class test accuracy. Final = after the last step; best = the "
-      "highest along training (reported, never used to choose anything). The best method is "
-      "picked by its final balanced accuracy; l2rw and mw_net use a balanced meta set of "
+      f"seeds {tuple(config.seeds)}: mean ± sample std (ddof=1) over n = {n} seeds, in %, at "
+      "the last step (no checkpoint is chosen). Balanced accuracy = mean over classes of the "
+      f"per-class accuracy. Validation: {100 * config.val_fraction:.0f}% of every class of "
+      "TRAIN, held out before the long-tail subsampling (balanced, like the test split). The "
+      "best method of a setting is the one with the highest mean validation balanced "
+      f"accuracy among all but {config.reference}; its test balanced accuracy is reported "
+      f"beside. − {config.reference}: the paired difference of test balanced accuracy over "
+      "seeds (points), with its 95% t-interval. l2rw and mw_net use a balanced meta set of "
       f"{config.meta_per_class} examples per class, taken out of TRAIN for every method.",
       "",
-      "## Best method per setting",
+      "## Best method on validation per setting",
       "",
       summary_table(results, config),
+      "",
+      "Verdicts (differences in points; \"beats\" only when the paired 95% interval excludes "
+      "zero):",
+      "",
+      *verdicts(results, config),
   ]
   for name, r in results.items():
     parts += ["", f"## {name}", "",
               f"Training examples per class (seed {config.seeds[0]}): {r['class_counts']}; "
               f"plots: `{name}/curves.png`.", "",
-              setting_table(r["summary"], r["balanced"])]
+              setting_table(r["summary"], r["balanced"], config.reference)]
   return "\n".join(parts) + "\n"
 
 

@@ -8,20 +8,29 @@ taken from TRAIN, never from test), the self-taught rescaler (no clean data) and
 clean labels (an upper bound). All methods of a setting train on the same examples: the
 meta set is removed from the train split for every method.
 
+Validation: ``config.val_fraction`` of every class of the rest of TRAIN is held out after the
+label noise (its labels are as noisy as the training labels; the clean meta set of the meta
+methods is separate and is not validation), the same examples for every method of a seed.
+Every method is evaluated on validation and test at every evaluation; all numbers are those
+of the last step (no checkpoint is chosen).
+
 Each setting is one `reweight.train.experiment.run` (methods x seeds) in
 ``workdir/<dataset>_<kind><rate>``, with its ``table.md``, ``curves.png`` and
 ``weights.png``. Then one report, ``workdir/report.md`` (also printed), has a table per
-setting and a summary: the share of the gap between CE on noisy labels and CE on clean
-labels that the best method closes,
+setting and a summary: the method with the highest mean validation accuracy (`best_method`;
+test plays no part in the choice), its test accuracy beside its validation accuracy, its
+paired test-accuracy difference from CE over seeds with the 95% t-interval
+(`reweight.train.report.paired_difference`), and the share of the gap between CE on noisy
+labels and CE on clean labels that it closes,
 
 .. math::
 
   \text{gap closed}(m) = \frac{acc(m) - acc(\text{CE, noisy})}
                               {acc(\text{CE, clean}) - acc(\text{CE, noisy})},
 
-with ``acc`` the mean over seeds of the FINAL test accuracy. The best test accuracy along
-training is reported, never used to choose anything. ``workdir/final_accuracy.png`` plots the
-final accuracy of every method in every setting.
+with ``acc`` the mean over seeds of the final test accuracy. Means ± sample std (ddof=1)
+with n stated. ``workdir/final_accuracy.png`` plots the final test accuracy of every method
+in every setting.
 
   python experiments/noisy_labels.py --config=configs/noisy_labels.py --workdir=/tmp/noisy
 
@@ -66,6 +75,7 @@ from ml_collections import config_flags  # noqa: E402
 import reweight  # noqa: E402
 from reweight.data import datasets  # noqa: E402
 from reweight.train import experiment, loop  # noqa: E402
+from reweight.train import report as stats  # noqa: E402
 from reweight.train.models import functional, make_model  # noqa: E402
 from reweight.train.step import classification_loss  # noqa: E402
 
@@ -90,6 +100,7 @@ def setting_config(config: ml_collections.ConfigDict, dataset: str, kind: str,
   c.noise_rate = float(rate)
   c.imbalance_ratio = 1.0
   c.meta_per_class = config.meta_per_class
+  c.val_fraction = config.val_fraction
   for key in ("optimizer", "weight_decay", "batch_size", "microbatches", "seeds"):
     c[key] = config[key]
   c.update(config.training[dataset])
@@ -109,69 +120,113 @@ def gap_closed(summary: Mapping[str, Mapping], method: str, reference: str,
 
 
 def best_method(summary: Mapping[str, Mapping], candidates) -> str:
-  """The candidate with the highest mean final test accuracy."""
-  return max(candidates, key=lambda m: summary[m]["final_accuracy"][0])
+  """The candidate with the highest mean final VALIDATION accuracy (ties: the earlier one);
+  test accuracy plays no part (`experiment.best_on_validation`)."""
+  return experiment.best_on_validation(summary, candidates, "val_accuracy")
 
 
-def _pm(stat) -> str:
-  return f"{100 * stat[0]:.1f} ± {100 * stat[1]:.1f}"
+_pm = experiment.format_pm
+
+
+def versus(summary: Mapping[str, Mapping], method: str, reference: str) -> dict:
+  """`report.paired_difference` of the final test accuracy, ``method - reference``."""
+  return stats.paired_difference(summary[method]["per_seed"]["final_accuracy"],
+                                 summary[reference]["per_seed"]["final_accuracy"])
 
 
 def setting_table(summary: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> str:
-  """One row per method: final / best test accuracy, gap closed, weight on noisy labels."""
-  lines = ["| method | final test acc | best test acc | gap closed (final) | "
-           "weight on noisy (last epoch) |", "|---|---|---|---|---|"]
+  """One row per method: validation and test accuracy, the paired test difference from the
+  reference (CE) with its 95% interval, gap closed, weight on noisy labels."""
+  ref = config.reference
+  lines = [f"| method | val acc | test acc | test acc − {ref} (95% CI) | gap closed (test) | "
+           "weight on noisy (last epoch) |", "|---|---|---|---|---|---|"]
   for method, s in summary.items():
-    gap = "–"
-    if method not in (config.reference, config.upper_bound):
-      gap = f"{100 * gap_closed(summary, method, config.reference, config.upper_bound):.0f}%"
+    gap = diff = "–"
+    if method != ref:
+      diff = experiment.format_difference(versus(summary, method, ref))
+    if method not in (ref, config.upper_bound):
+      gap = f"{100 * gap_closed(summary, method, ref, config.upper_bound):.0f}%"
     share = "–"  # the upper bound trains on the clean labels: no noisy ones to weigh
     if "noisy_weight_share" in s and method != config.upper_bound:
       share = _pm(s["noisy_weight_share"])
-    lines.append(f"| {method} | {_pm(s['final_accuracy'])} | {_pm(s['best_accuracy'])} | "
-                 f"{gap} | {share} |")
+    lines.append(f"| {method} | {_pm(s['val_accuracy'])} | {_pm(s['final_accuracy'])} | "
+                 f"{diff} | {gap} | {share} |")
   return "\n".join(lines)
 
 
 def summary_table(results: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> str:
-  """Per setting: CE noisy / clean, the best method and the share of the gap it closes."""
+  """Per setting: CE noisy / clean (test), the method best on validation with its validation
+  and test accuracy, its paired test difference from CE and the share of the gap it
+  closes; the same for the best on validation among the methods without clean data."""
   ref, top = config.reference, config.upper_bound
   others = [m for m in config.methods if m not in (ref, top)]
   no_clean = [m for m in others if m not in config.uses_clean_data]
-  lines = [f"| setting | {ref} (noisy) | {top} | best method | its final acc | gap closed | "
-           "≥ half? | best without clean data | gap closed |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [f"| setting | {ref} (noisy), test | {top}, test | best on val | its val acc | "
+           f"its test acc | − {ref} (95% CI) | gap closed | best on val without clean data | "
+           f"its test acc | − {ref} (95% CI) | gap closed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for name, summary in results.items():
     best = best_method(summary, others)
-    gap = gap_closed(summary, best, ref, top)
     cells = [name, _pm(summary[ref]["final_accuracy"]), _pm(summary[top]["final_accuracy"]),
-             best, _pm(summary[best]["final_accuracy"]), f"{100 * gap:.0f}%",
-             "yes" if gap >= 0.5 else "no"]
+             best, _pm(summary[best]["val_accuracy"]), _pm(summary[best]["final_accuracy"]),
+             experiment.format_difference(versus(summary, best, ref)),
+             f"{100 * gap_closed(summary, best, ref, top):.0f}%"]
     if no_clean:
-      best_nc = best_method(summary, no_clean)
-      cells += [best_nc, f"{100 * gap_closed(summary, best_nc, ref, top):.0f}%"]
+      nc = best_method(summary, no_clean)
+      cells += [nc, _pm(summary[nc]["final_accuracy"]),
+                experiment.format_difference(versus(summary, nc, ref)),
+                f"{100 * gap_closed(summary, nc, ref, top):.0f}%"]
     else:
-      cells += ["–", "–"]
+      cells += ["–"] * 4
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
+def verdicts(results: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> list[str]:
+  """One `report.verdict` line per setting: the method best on validation (and the best
+  without clean data, when it differs) against the reference, on test accuracy."""
+  ref, top = config.reference, config.upper_bound
+  others = [m for m in config.methods if m not in (ref, top)]
+  no_clean = [m for m in others if m not in config.uses_clean_data]
+  lines = []
+  for name, summary in results.items():
+    chosen = [best_method(summary, others)]
+    if no_clean and best_method(summary, no_clean) not in chosen:
+      chosen.append(best_method(summary, no_clean))
+    said = [stats.verdict(experiment.in_points(versus(summary, m, ref)), m, ref,
+                          "test accuracy", higher_is_better=True, digits=1)
+            for m in chosen]
+    lines.append(f"* {name}: " + "; ".join(said) + ".")
+  return lines
+
+
 def report(results: Mapping[str, Mapping], config: ml_collections.ConfigDict) -> str:
   """The combined Markdown report: the summary, then one table per setting."""
+  n = next(iter(next(iter(results.values())).values()))["n"]
+  clean = ", ".join(m for m in config.uses_clean_data if m != config.upper_bound)
   parts = [
       "# Noisy labels",
       "",
-      f"Seeds {tuple(config.seeds)}; mean ± std over seeds, in %. Final = after the last "
-      "step; best = the highest test accuracy along training (reported, never used to "
-      "choose anything). Gap closed = (acc - acc(CE noisy)) / (acc(CE clean) - "
-      "acc(CE noisy)) on mean final test accuracy. The best method is picked by its final "
-      f"test accuracy among all but {config.reference} and {config.upper_bound}; "
-      f"{', '.join(m for m in config.uses_clean_data if m != config.upper_bound)} use "
-      f"{config.meta_per_class} clean training examples per class.",
+      f"Seeds {tuple(config.seeds)}: mean ± sample std (ddof=1) over n = {n} seeds, in %, "
+      "at the last step (no checkpoint is chosen). Validation: "
+      f"{100 * config.val_fraction:.0f}% of every class of TRAIN, held out after the label "
+      "noise (as noisy as the training labels), the same for every method. The best method "
+      f"of a setting is the one with the highest mean validation accuracy among all but "
+      f"{config.reference} and {config.upper_bound}; its test accuracy is reported beside. "
+      f"− {config.reference}: the paired difference of test accuracy over seeds (points), "
+      "with its 95% t-interval. Gap closed = (acc - acc(CE noisy)) / (acc(CE clean) - "
+      f"acc(CE noisy)) on mean test accuracy. {clean} use {config.meta_per_class} clean "
+      "training examples per class (a meta set taken out of TRAIN for every method, "
+      "separate from validation).",
       "",
-      "## Gap closed by the best method",
+      "## Gap closed by the best method on validation",
       "",
       summary_table(results, config),
+      "",
+      "Verdicts (differences in points; \"beats\" only when the paired 95% interval excludes "
+      "zero):",
+      "",
+      *verdicts(results, config),
   ]
   for name, summary in results.items():
     dataset = name.split("_")[0]
@@ -196,7 +251,7 @@ def plot_final_accuracy(results: Mapping[str, Mapping], path: str) -> str:
     for j, method in enumerate(methods):
       x = np.arange(len(names)) + (j - len(methods) / 2) * 0.06
       m = [100 * results[n][method]["final_accuracy"][0] for n in names]
-      s = [100 * results[n][method]["final_accuracy"][1] for n in names]
+      s = [100 * (results[n][method]["final_accuracy"][1] or 0.0) for n in names]
       ax.errorbar(x, m, yerr=s, fmt="osD^v"[j % 5], ms=4, color=colors[j % 20], label=method)
     ax.set_xticks(np.arange(len(names)), [n[len(dataset) + 1:] for n in names])
     ax.set_title(dataset)

@@ -20,6 +20,16 @@ values (or by a version that wrote no ``config.json``) is refused before anythin
 runs. Unknown method, loss, weighting, model or optimizer names and weighting or loss
 arguments the constructor does not take are a `ConfigError` before anything trains too.
 
+Validation: ``config.val_fraction`` (default `DEFAULT_VAL_FRACTION`) of every class of the
+training split is held out (`split_validation`, seeded) after the clean meta set and after
+the label noise, so its labels are as noisy as the training labels; with
+``imbalance_ratio > 1`` it is taken before the long-tail subsampling, so it is balanced like
+the test split. Every evaluation reports validation beside test; the summary's "best on
+validation" method is chosen on validation accuracy only, and each method is compared with
+``config.reference`` (default: the first method) on test accuracy by a paired t-interval
+over seeds (`reweight.train.report`). The numbers are those of the last step: no checkpoint
+is chosen, on any split.
+
 Metrics: the trainer logs the loss and test metrics; the noisy-label bookkeeping (the share
 of the weight on ``is_noisy`` examples, `NOISY_LABELS`) is this module's `loop.MetricsHook`.
 """
@@ -32,7 +42,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +55,7 @@ import reweight
 from reweight import losses as losses_lib
 from reweight import parallel
 from reweight.data import corruptions, datasets
-from reweight.train import loop, plots
+from reweight.train import loop, plots, report
 from reweight.train.models import MODELS, functional, make_model
 from reweight.train.step import classification_loss, make_eval_step, make_train_step
 
@@ -80,8 +90,15 @@ METHOD_FIELDS = ("loss", "loss_kwargs", "weighting", "weighting_kwargs", "clean_
 # Config fields that do not change what a run computes, left out of its fingerprint: the
 # seeds and the other methods (each run is one seed of one method), how often it is
 # checkpointed (a resumed run equals an uninterrupted one), the device mesh (the numbers are
-# those of one device, up to float rounding), and the debug checks.
-COSMETIC_FIELDS = ("seeds", "methods", "checkpoint_every", "mesh", "check_inputs")
+# those of one device, up to float rounding), the debug checks, and the reference method
+# of the table's paired comparisons (a choice of the report, not of a run).
+COSMETIC_FIELDS = ("seeds", "methods", "checkpoint_every", "mesh", "check_inputs",
+                   "reference")
+
+# The share of every class of the training split held out as validation, when the config
+# does not say (``config.val_fraction``; 0 holds out nothing).
+DEFAULT_VAL_FRACTION = 0.15
+VALIDATION_SALT = 0x76616C64
 
 
 def _plain(value):
@@ -206,8 +223,70 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   raise ValueError(f"optimizer={config.optimizer!r} is not one of ['adam', 'sgd']")
 
 
-def prepare_data(config: ml_collections.ConfigDict, seed: int):
-  """Train (corrupted as configured), meta (clean, from train) and test splits.
+def split_validation(ds: Mapping[str, np.ndarray], fraction: float, seed: int
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """``(train, val)``: ``round(fraction * n_c)`` random examples of every class c go to val.
+
+  The class is the true label (``clean_label`` when the labels were corrupted, else
+  ``label``). With ``rng = np.random.default_rng([VALIDATION_SALT, seed])``, for each class
+  c present (ascending) the examples of class c (ascending) are permuted with
+  ``rng.permutation`` and the first ``round(fraction * n_c)`` go to val. Both parts keep
+  their rows in ascending order, with ``id`` renumbered ``0..n'-1`` (it indexes the
+  returned arrays, as per-example weighting state needs) and ``orig_id`` kept.
+
+  Examples:
+    >>> import numpy as np
+    >>> ds = {"x": np.arange(100.0), "label": np.arange(100) % 4, "id": np.arange(100)}
+    >>> train, val = split_validation(ds, 0.2, seed=0)
+    >>> np.bincount(val["label"]).tolist(), len(train["label"])
+    ([5, 5, 5, 5], 80)
+
+  Args:
+    ds: dict of arrays with ``label`` (and usually ``id``).
+    fraction: in ``[0, 1)``; 0 gives an empty val.
+    seed: non-negative int.
+  """
+  if not 0.0 <= float(fraction) < 1.0:
+    raise ValueError(f"val_fraction={fraction!r} is not a number in [0, 1)")
+  y = np.asarray(ds["clean_label"] if "clean_label" in ds else ds["label"])
+  rng = np.random.default_rng([VALIDATION_SALT, int(seed)])
+  val = [rng.permutation(np.flatnonzero(y == c))[:int(round(fraction * np.sum(y == c)))]
+         for c in np.unique(y)]
+  val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+  rest = np.setdiff1d(np.arange(len(y)), val)
+
+  def subset(rows):
+    out = {k: np.asarray(v)[rows] for k, v in ds.items()}
+    orig = np.asarray(ds["orig_id"] if "orig_id" in ds else ds.get("id", np.arange(len(y))))
+    out["orig_id"] = orig[rows]
+    out["id"] = np.arange(len(rows), dtype=np.asarray(ds["id"]).dtype if "id" in ds
+                          else np.int32)
+    return out
+
+  return subset(rest), subset(val)
+
+
+class Splits(NamedTuple):
+  """The data of one seed: ``train`` (what the methods fit), ``val`` (held out of TRAIN, or
+  None with ``val_fraction=0``), ``meta`` (the clean meta set, or None), ``test``."""
+
+  train: dict[str, np.ndarray]
+  val: dict[str, np.ndarray] | None
+  meta: dict[str, np.ndarray] | None
+  test: dict[str, np.ndarray]
+  num_classes: int
+
+
+def prepare_splits(config: ml_collections.ConfigDict, seed: int) -> Splits:
+  """Train, validation, meta and test splits of one seed, in this order:
+
+  1. ``meta_per_class > 0``: a balanced CLEAN meta set is taken out of TRAIN (for the meta
+     weightings; every method trains without it);
+  2. ``noise_rate > 0``: the labels of the rest are corrupted;
+  3. ``val_fraction`` of every (true) class of the rest is held out as validation
+     (`split_validation`): its labels are as noisy as the training labels;
+  4. ``imbalance_ratio > 1``: the training part is subsampled to the long tail (the
+     validation part stays balanced, like the test split).
 
   ``config.group_by="label"`` adds a ``group`` field, the (observed) class, for the group
   weightings of `reweight.group` (e.g. Group DRO over classes).
@@ -215,62 +294,140 @@ def prepare_data(config: ml_collections.ConfigDict, seed: int):
   train = datasets.load(config.dataset, "train")
   test = datasets.load(config.dataset, "test")
   num_classes = datasets.num_classes(config.dataset)
-  meta = None
+  meta = val = None
   if config.get("meta_per_class", 0) > 0:  # first: a balanced meta set, unbiased noise rate
     train, meta = corruptions.split_meta(train, config.meta_per_class, seed,
                                          num_classes=num_classes)
-  if config.get("imbalance_ratio", 1.0) > 1.0:
-    train = corruptions.class_imbalance(train, config.imbalance_ratio, num_classes, seed=seed)
   if config.noise_rate > 0:
     train = corruptions.label_noise(train, config.noise_kind, config.noise_rate, num_classes,
                                     seed=seed)
+  fraction = config.get("val_fraction", DEFAULT_VAL_FRACTION)
+  if fraction > 0:
+    train, val = split_validation(train, fraction, seed)
+  if config.get("imbalance_ratio", 1.0) > 1.0:
+    train = corruptions.class_imbalance(train, config.imbalance_ratio, num_classes, seed=seed)
   group_by = config.get("group_by", "")
   if group_by:  # the groups a group weighting (reweight.group) reads
     if group_by != "label":
       raise ValueError(f"group_by={group_by!r} is not one of ['', 'label']")
     train = dict(train, group=train["label"])
-  return train, meta, test, num_classes
+    if val is not None:
+      val = dict(val, group=val["label"])
+  return Splits(train, val, meta, test, num_classes)
+
+
+def prepare_data(config: ml_collections.ConfigDict, seed: int):
+  """``(train, meta, test, num_classes)`` of `prepare_splits` (the validation part is held
+  out of ``train`` all the same)."""
+  s = prepare_splits(config, seed)
+  return s.train, s.meta, s.test, s.num_classes
+
+
+# Per-seed numbers of a run's last evaluation that the summary keeps: (summary key, row key).
+FINAL_METRICS = (("val_accuracy", "val_accuracy"),
+                 ("val_balanced_accuracy", "val_balanced_accuracy"),
+                 ("final_accuracy", "test_accuracy"),
+                 ("final_balanced_accuracy", "test_balanced_accuracy"))
 
 
 def summarize(histories: list[list[dict]], final_weights: list[dict]) -> dict[str, Any]:
-  """Mean and std over seeds of final / best test accuracy and the noisy weight share."""
-  final = np.array([h[-1]["test_accuracy"] for h in histories])
-  best = np.array([max(r["test_accuracy"] for r in h) for h in histories])
-  bal = np.array([h[-1]["test_balanced_accuracy"] for h in histories])
-  out = {"final_accuracy": (final.mean(), final.std()), "best_accuracy": (best.mean(), best.std()),
-         "final_balanced_accuracy": (bal.mean(), bal.std())}
+  """Mean ± sample std (`report.mean_std`, ddof=1) over seeds of the last evaluation's
+  validation and test accuracy, and of the noisy weight share.
+
+  Returns:
+    ``{"n": seeds, key: (mean, std), ..., "per_seed": {key: [value of seed k, ...]}}`` for
+    the keys of `FINAL_METRICS` present in the rows and ``noisy_weight_share``; std is None
+    for one seed. The per-seed lists follow the order of the seeds (for paired
+    comparisons).
+  """
+  per_seed = {}
+  for key, row_key in FINAL_METRICS:
+    if all(row_key in h[-1] for h in histories):
+      per_seed[key] = [float(h[-1][row_key]) for h in histories]
   shares = []
   for fw in final_weights:
     if "is_noisy" in fw:
       w = np.asarray(fw["weights"], np.float64)
       shares.append(float(np.sum(w * fw["is_noisy"]) / np.sum(w)))
   if shares:
-    out["noisy_weight_share"] = (float(np.mean(shares)), float(np.std(shares)))
-  return {k: tuple(float(x) for x in v) for k, v in out.items()}
+    per_seed["noisy_weight_share"] = shares
+  out: dict[str, Any] = {"n": len(histories)}
+  out.update({k: report.mean_std(v) for k, v in per_seed.items()})
+  out["per_seed"] = per_seed
+  return out
 
 
-def format_table(summary: Mapping[str, Mapping[str, tuple[float, float]]],
-                 noise_rate: float | None = None) -> str:
-  """A Markdown table, one row per method."""
-  cols = [("final_accuracy", "final test acc"), ("best_accuracy", "best test acc"),
-          ("final_balanced_accuracy", "final balanced acc"),
+def format_pm(stat) -> str:
+  """``"90.3 ± 0.9"`` (in %) of a `report.mean_std` pair; ``"90.3"`` for one seed."""
+  mean, std = stat
+  return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def format_difference(p: Mapping[str, Any]) -> str:
+  """``"+2.4 [+0.1, +4.7]"`` (points): a `report.paired_difference` and its 95% interval;
+  ``"+2.4 (n = 1)"`` without one."""
+  if p["ci95"] is None:
+    return f"{100 * p['mean']:+.1f} (n = {p['n']})"
+  lo, hi = p["ci95"]
+  return f"{100 * p['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def in_points(p: Mapping[str, Any]) -> dict[str, Any]:
+  """A `report.paired_difference` of fractions in points (x100), for `report.verdict`."""
+  scale = lambda v: None if v is None else 100 * v  # noqa: E731
+  return dict(p, mean=100 * p["mean"], sem=scale(p["sem"]),
+              ci95=None if p["ci95"] is None else [100 * v for v in p["ci95"]])
+
+
+def best_on_validation(summary: Mapping[str, Mapping], candidates=None,
+                       key: str = "val_accuracy") -> str:
+  """The candidate (default: every method) with the highest mean validation ``key``; ties go
+  to the earlier candidate. Test numbers play no part."""
+  candidates = list(summary if candidates is None else candidates)
+  if not candidates:
+    raise ValueError("no candidates to choose from")
+  missing = [m for m in candidates if key not in summary[m]]
+  if missing:
+    raise ValueError(f"methods {missing} have no {key!r} (was validation held out?)")
+  return max(candidates, key=lambda m: summary[m][key][0])
+
+
+def format_table(summary: Mapping[str, Mapping[str, Any]], noise_rate: float | None = None,
+                 reference: str | None = None, val_fraction: float | None = None) -> str:
+  """A Markdown table, one row per method, and notes: the number of seeds, the method best on
+  validation (with its test accuracy) and each method's paired test-accuracy difference
+  from ``reference`` (default: the first method) with its 95% t-interval."""
+  methods = list(summary)
+  reference = reference if reference in summary else methods[0]
+  cols = [("val_accuracy", "val acc"), ("final_accuracy", "test acc"),
+          ("final_balanced_accuracy", "test balanced acc"),
           ("noisy_weight_share", "weight on noisy (last epoch)")]
   cols = [c for c in cols if any(c[0] in s for s in summary.values())]
-  lines = ["| method | " + " | ".join(t for _, t in cols) + " |",
-           "|---|" + "---|" * len(cols)]
+  diff_title = f"test acc − {reference} (95% CI)"
+  titles = [t for _, t in cols[:2]] + [diff_title] + [t for _, t in cols[2:]]
+  lines = ["| method | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
   for method, s in summary.items():
-    cells = []
-    for key, _ in cols:
-      if key in s:
-        m, sd = s[key]
-        cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
-      else:
-        cells.append("–")
+    cells = [format_pm(s[key]) if key in s else "–" for key, _ in cols]
+    diff = "–"
+    if method != reference:
+      diff = format_difference(report.paired_difference(
+          s["per_seed"]["final_accuracy"], summary[reference]["per_seed"]["final_accuracy"]))
+    cells.insert(2, diff)
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  n = summary[methods[0]]["n"]
+  notes = [f"Mean ± sample std (ddof=1) over n = {n} seeds, in %, at the last step (no "
+           "checkpoint selection); the difference is paired by seed, in points."]
+  if any("val_accuracy" in s for s in summary.values()):
+    held = f"{100 * val_fraction:.0f}% of every class of TRAIN" if val_fraction else "TRAIN"
+    noisy = ", labels as noisy as the training labels" if noise_rate else ""
+    best = best_on_validation(summary)
+    notes.append(f"Validation: {held}, held out{noisy}. Best on validation: {best} (val "
+                 f"{format_pm(summary[best]['val_accuracy'])}, test "
+                 f"{format_pm(summary[best]['final_accuracy'])}).")
   if noise_rate:
-    lines.append(f"\nNoisy share of the training labels: {100 * noise_rate:.0f}%; uniform "
+    notes.append(f"Noisy share of the training labels: {100 * noise_rate:.0f}%; uniform "
                  "weighting puts about that share of the weight on them.")
-  return "\n".join(lines)
+  return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
 def _shared_eval_step(apply_fn, num_classes: int):
@@ -402,8 +559,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
           outer.update()
           continue
         if seed not in prepared:  # the same for every method: read and corrupt once
-          prepared[seed] = prepare_data(config, seed)
-        train, meta, test, num_classes = prepared[seed]
+          prepared[seed] = prepare_splits(config, seed)
+        train, val, meta, test, num_classes = prepared[seed]
         if spec.get("clean_labels", False) and "clean_label" in train:
           train = dict(train, label=train["clean_label"])
         fn = functional(make_model(config.model, seed=seed, num_classes=num_classes,
@@ -427,7 +584,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
         result = loop.train(
             apply_fn=fn.apply, params=fn.params, per_example_loss=per_example,
             weighting=weighting, optimizer=optimizer, train_ds=train, test_ds=test,
-            num_classes=num_classes, steps=config.steps, batch_size=config.batch_size,
+            val_ds=val, num_classes=num_classes, steps=config.steps, batch_size=config.batch_size,
             seed=seed, eval_every=config.eval_every, workdir=run_dir,
             checkpoint_every=config.checkpoint_every, loss_kwargs=loss_kwargs, mesh=mesh,
             progress=progress, desc=f"{method}/seed{seed}", train_step=train_step,
@@ -446,7 +603,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     outer.close()
 
   summary = {m: summarize(runs[m], finals[m]) for m in methods}
-  table = format_table(summary, config.noise_rate if config.noise_rate > 0 else None)
+  table = format_table(summary, config.noise_rate if config.noise_rate > 0 else None,
+                       reference=config.get("reference", None),
+                       val_fraction=config.get("val_fraction", DEFAULT_VAL_FRACTION))
   if not writer:
     return {"summary": summary, "table": table, "plots": []}
   paths = [plots.curves(runs, os.path.join(workdir, "curves.png"))]

@@ -151,7 +151,8 @@ class RunResult(NamedTuple):
 
   Attributes:
     history: one dict per evaluation (``step``, ``test_accuracy``, ``test_balanced_accuracy``,
-      ``test_loss``, ``train_loss``, the entries of a `MetricsHook` (e.g. the experiment's
+      ``test_loss``, ``train_loss``, the same three ``val_*`` entries when a ``val_ds`` is
+      given, the entries of a `MetricsHook` (e.g. the experiment's
       ``noisy_weight_share``), ``skipped_steps`` with ``skip_nonfinite``, and for a group
       method the lists ``probs``, ``group_loss``, ``group_weight_share``, ...).
     state: the final `TrainState`.
@@ -450,6 +451,7 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
           weighting: Weighting, optimizer: optax.GradientTransformation,
           train_ds: Mapping[str, np.ndarray], test_ds: Mapping[str, np.ndarray],
           num_classes: int, steps: int, batch_size: int, seed: int, eval_every: int = 100,
+          val_ds: Mapping[str, np.ndarray] | None = None,
           workdir: str | None = None, checkpoint_every: int | None = None,
           microbatches: int = 1, reparam: Reparam | None = None,
           loss_kwargs: Mapping[str, Any] | None = None, mesh=None, progress: bool = True,
@@ -468,6 +470,9 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
     train_ds, test_ds: dicts of arrays (``x``, ``label``, ``id``, optional ``is_noisy``...).
     num_classes: for balanced accuracy.
     steps, batch_size, seed, eval_every: the schedule of the run.
+    val_ds: a validation split (held out of the training data), evaluated beside
+      ``test_ds`` at every evaluation: ``val_accuracy``, ``val_balanced_accuracy`` and
+      ``val_loss`` in each row. None: no validation entries.
     workdir: where checkpoints, ``metrics.jsonl`` and the TensorBoard events
       (``tensorboard/``) go; resumes from it if it has a checkpoint. None: nothing is
       written.
@@ -659,6 +664,11 @@ def train(*, apply_fn: Callable, params: PyTree, per_example_loss: Callable,
         row = {"step": step + 1, "train_loss": running["loss"] / max(running["n"], 1),
                "test_accuracy": ev["accuracy"],
                "test_balanced_accuracy": ev["balanced_accuracy"], "test_loss": ev["loss"]}
+        if val_ds is not None:
+          vev = evaluate(eval_step, state, val_ds, 256, mesh)
+          row.update({"val_accuracy": vev["accuracy"],
+                      "val_balanced_accuracy": vev["balanced_accuracy"],
+                      "val_loss": vev["loss"]})
         if metrics_hook is not None:
           row.update(metrics_hook.row({k: running.get(k, 0.0) for k in hook_names}))
         if skip_nonfinite:
