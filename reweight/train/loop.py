@@ -406,13 +406,15 @@ class _TensorBoard:
 
   Rows are written when they are saved to ``metrics.jsonl`` (at a checkpoint), so after a
   resume the event files hold each step once: a resumed run writes a new event file with
-  the rows after its checkpoint.
+  the rows after its checkpoint. The file name ends in ``.from<step>`` (the step it starts
+  after): two writers started within the same second would otherwise share a name, which
+  holds only the clock's seconds and the host.
   """
 
   def __init__(self, logdir: str, written_up_to: int):
     from tensorboardX import SummaryWriter  # imported by the first run that writes
 
-    self.writer = SummaryWriter(logdir)
+    self.writer = SummaryWriter(logdir, filename_suffix=f".from{written_up_to}")
     self.up_to = written_up_to
 
   def write(self, rows: list[dict]) -> None:
