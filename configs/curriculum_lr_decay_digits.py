@@ -14,12 +14,15 @@ def get_config():
   c.tier_kind = "label_noise"
   c.tier_levels = (0.8, 0.6, 0.4, 0.2, 0.0)
   c.noise_kind = "symmetric"
+  # Held out of the training split before the tiers are made, clean: every choice (the best
+  # recipe of each order) is made on it; the test split is reported, never chosen on.
+  c.val_fraction = 0.1
 
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict({"in_features": 64, "hidden": (256,)})
   c.learning_rate = 1e-3  # AdamW peak LR
   c.weight_decay = 1e-4
-  c.epochs = 6  # 269 steps of 32
+  c.epochs = 6  # 242 steps of 32 (1294 train images after the validation split)
   c.batch_size = 32
   c.warmup_fraction = 0.02
 
@@ -38,5 +41,5 @@ def get_config():
   c.ema_decay = 0.5
 
   c.eval_every = 20
-  c.seeds = (0, 1, 2)
+  c.seeds = (0, 1, 2, 3, 4)  # 5 seeds: several gains are borderline at 3
   return c

@@ -38,6 +38,8 @@ def get_config():
   c.seeds = (0, 1, 2)
 
   c.reference = "full"  # step-time ratios are relative to this method
+  # Paired differences over seeds (method − reference, 95% CI) against each of these.
+  c.paired_references = ("full", "lora")
   c.timing_rounds = 10
   c.timing_steps = 20
 

@@ -5,8 +5,9 @@ sorted in *ascending* quality (worst first, best last) beats random order; under
 standard decay to ~0 the gain vanishes (the best data arrive when the LR is tiny); a
 moderate decay and averaging the last few checkpoints bring it back.
 
-Setup. The training split (MNIST-1D or digits) is cut into quality tiers of equal size
-with `reweight.data.domains`: tier d has symmetric label noise at rate
+Setup. ``config.val_fraction`` of the training split (MNIST-1D or digits) is held out,
+clean, as a VALIDATION split (random per seed); the rest is cut into quality tiers of equal
+size with `reweight.data.domains`: tier d has symmetric label noise at rate
 ``config.tier_levels[d]`` (``tier_kind="label_noise"``) or Gaussian input noise of that
 relative standard deviation (``tier_kind="input_noise"``), so the quality of every example
 is known. Two orders of the same multiset of ``epochs`` passes over the data:
@@ -22,9 +23,16 @@ Each order is trained with each LR schedule of ``config.schedules`` (`reweight.s
 constant, cosine to 0, moderate decay, WSD), for every seed, with AdamW and one jitted
 `reweight.train.make_train_step` for all of them (the schedule's per-step values are a
 table in the optimizer state, `scale_by_lr_table`). The parameters are kept every
-``config.checkpoint_every`` steps, and the test accuracy is reported for the final
-parameters and for the average of the last ``config.average_k`` checkpoints
-(`reweight.optim.averaging.checkpoint_average`, uniform and EMA weights).
+``config.checkpoint_every`` steps. The validation accuracy is measured every
+``config.eval_every`` steps; at the end, the validation and the test accuracy of the final
+parameters and of the average of the last ``config.average_k`` checkpoints
+(`reweight.optim.averaging.checkpoint_average`, uniform and EMA weights) are measured once.
+
+Selection. The "best recipe" of each order (schedule x evaluated parameters) is the one with
+the highest mean VALIDATION accuracy over seeds; its test accuracy is reported beside it.
+The test split is never used for a choice. Every "±" is the sample std (ddof=1) over seeds,
+and "ascending − random" is the paired difference over seeds with its 95% t-interval
+(`reweight.train.report.paired_difference`).
 
   python experiments/curriculum_lr_decay.py --config=configs/curriculum_lr_decay.py \
       --workdir=workdir/curriculum_lr_decay
@@ -40,7 +48,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
@@ -56,9 +63,10 @@ from tqdm.auto import tqdm
 import reweight
 from reweight import curriculum, parallel, schedules
 from reweight.data import corruptions, datasets, pipeline, samplers
+from reweight.data.pipeline import take
 from reweight.optim import averaging
 from reweight.optim.lr_table import scale_by_lr_table
-from reweight.train import loop, plots
+from reweight.train import loop, plots, report
 from reweight.train.models import functional, make_model
 from reweight.train.state import create
 from reweight.train.step import classification_loss, make_eval_step, make_train_step
@@ -70,20 +78,36 @@ _WEIGHT_NAMES = {"final": "final params", "avg": "uniform avg of last {k}",
                  "ema": "EMA avg of last {k}"}
 STREAM_SALT = 0x6C756F32
 INPUT_NOISE_SALT = 0x786E6F69
+VAL_SALT = 0x76616C31
 TIER_KINDS = ("label_noise", "input_noise")
 
 
-def tiered_data(config: ml_collections.ConfigDict, seed: int):
-  """Train split with quality tiers (``domain``), test split, number of classes.
+def split_validation(ds, fraction: float, seed: int):
+  """``(train, val)``: ``round(fraction * n)`` random rows (``default_rng([VAL_SALT, seed])``
+  permutation, first rows) go to val; both keep the dataset's row order."""
+  n = len(ds["label"])
+  n_val = int(round(fraction * n))
+  if not 0 < n_val < n:
+    raise ValueError(f"val_fraction={fraction} leaves {n_val} of {n} examples for validation;"
+                     " it must leave at least one example in each split")
+  perm = np.random.default_rng([VAL_SALT, seed]).permutation(n)
+  return take(ds, np.sort(perm[n_val:])), take(ds, np.sort(perm[:n_val]))
 
-  `reweight.data.domains` splits the train split into ``len(config.tier_levels)`` equal
+
+def tiered_data(config: ml_collections.ConfigDict, seed: int):
+  """Train split with quality tiers (``domain``), clean validation split, test split,
+  number of classes.
+
+  `split_validation` holds out ``config.val_fraction`` of the train split (clean); then
+  `reweight.data.domains` splits the rest into ``len(config.tier_levels)`` equal
   tiers at random (``seed``). With ``config.tier_kind == "label_noise"`` tier d has
   symmetric label noise at rate ``tier_levels[d]`` (``is_noisy`` marks the flipped
   labels); with ``"input_noise"`` its labels are clean and its inputs get i.i.d. Gaussian
   noise of standard deviation ``tier_levels[d]`` (times the inputs' overall std), fixed
-  per example. Either way a higher level is a lower quality. The test split is clean.
+  per example. Either way a higher level is a lower quality. Validation and test are clean.
   """
-  train = datasets.load(config.dataset, "train")
+  train, val = split_validation(datasets.load(config.dataset, "train"), config.val_fraction,
+                                seed)
   test = datasets.load(config.dataset, "test")
   num_classes = datasets.num_classes(config.dataset)
   levels = np.asarray(config.tier_levels, np.float64)
@@ -99,7 +123,7 @@ def tiered_data(config: ml_collections.ConfigDict, seed: int):
     train["x"] = (x + sigma * rng.standard_normal(x.shape)).astype(x.dtype)
   else:
     raise ValueError(f"tier_kind={config.tier_kind!r} is not one of {list(TIER_KINDS)}")
-  return train, test, num_classes
+  return train, val, test, num_classes
 
 
 def data_stream(domain: np.ndarray, tier_rates, order: str, epochs: int, seed: int
@@ -167,9 +191,10 @@ def make_optimizer(config, lrs) -> optax.GradientTransformation:
                      scale_by_lr_table(lrs))
 
 
-def train_one(config, *, stream, train, test, num_classes, fn, train_step, eval_step,
+def train_one(config, *, stream, train, val, test, num_classes, fn, train_step, eval_step,
               optimizer, seed, mesh, progress=True, desc="train") -> dict:
-  """One run over ``stream``; test accuracy of the final and averaged parameters."""
+  """One run over ``stream``: the validation curve, then the validation and test accuracy
+  of the final and the averaged parameters (``{"val": {w: acc}, "test": {w: acc}}``)."""
   batch_size = config.batch_size
   steps = len(stream) // batch_size
   params = jax.tree.map(jnp.copy, fn.params)  # the step donates its state
@@ -189,51 +214,123 @@ def train_one(config, *, stream, train, test, num_classes, fn, train_step, eval_
       ckpts.append(jax.tree.map(np.array, state.trainable))  # copies: state is donated
       ckpts = ckpts[-config.average_k:]
     if done % config.eval_every == 0 or done == steps:
-      ev = loop.evaluate(eval_step, state, test, 256, mesh)
-      history.append({"step": done, "test_accuracy": ev["accuracy"],
-                      "test_loss": ev["loss"], "batch_loss": float(metrics["mean_loss"]),
+      ev = loop.evaluate(eval_step, state, val, 256, mesh)
+      history.append({"step": done, "val_accuracy": ev["accuracy"],
+                      "val_loss": ev["loss"], "batch_loss": float(metrics["mean_loss"]),
                       "tier_level": float(np.mean(level_seen))})
       level_seen = []
-  out = {"history": history, "steps": steps,
-         "final": history[-1]["test_accuracy"]}
+  params = {"final": state.trainable}
   for name, kwargs in (("avg", {"weights": "uniform"}),
                        ("ema", {"weights": "ema", "ema_decay": config.ema_decay})):
-    params = averaging.checkpoint_average(ckpts, k=len(ckpts), **kwargs)
-    out[name] = loop.evaluate(eval_step, state._replace(trainable=params), test, 256,
-                              mesh)["accuracy"]
-  out["num_averaged"] = len(ckpts)
+    params[name] = averaging.checkpoint_average(ckpts, k=len(ckpts), **kwargs)
+  out = {"history": history, "steps": steps, "num_averaged": len(ckpts)}
+  for split, ds in (("val", val), ("test", test)):
+    out[split] = {w: loop.evaluate(eval_step, state._replace(trainable=params[w]), ds, 256,
+                                   mesh)["accuracy"] for w in WEIGHTS}
   return out
 
 
 def summarize(results: Mapping) -> dict:
-  """``{schedule: {weights: {order: (mean, std), "gain": (mean, std)}}}`` over seeds.
+  """Per schedule and evaluated parameters: each order's validation and test accuracy
+  (``[mean, sample std]`` over seeds) and the paired gain ascending − random (same seed).
 
-  ``gain`` is the paired difference ascending - random (same seed), mean and std.
+  Returns:
+    ``{schedule: {weights: {order: {"val": [m, s], "test": [m, s]}, "gain": {"val": p,
+    "test": p}}}}`` with ``p`` a `reweight.train.report.paired_difference`.
   """
   summary = {}
   for sched, by_order in results.items():
     summary[sched] = {}
     for w in WEIGHTS:
-      vals = {o: np.array([r[w] for r in by_order[o]], np.float64) for o in ORDERS}
-      row = {o: (float(v.mean()), float(v.std())) for o, v in vals.items()}
-      gain = vals["ascending"] - vals["random"]
-      row["gain"] = (float(gain.mean()), float(gain.std()))
+      row = {}
+      vals = {split: {o: [r[split][w] for r in by_order[o]] for o in ORDERS}
+              for split in ("val", "test")}
+      for o in ORDERS:
+        row[o] = {split: list(report.mean_std(vals[split][o])) for split in vals}
+      row["gain"] = {split: report.paired_difference(vals[split]["ascending"],
+                                                     vals[split]["random"])
+                     for split in vals}
       summary[sched][w] = row
   return summary
 
 
+def best_recipes(summary: Mapping, results: Mapping) -> dict:
+  """Each order's (schedule, weights) with the highest mean VALIDATION accuracy (ties: the
+  earlier in table order), its validation and test accuracy, and the paired test difference
+  best ascending − best random.
+  """
+  out = {}
+  per_seed = {}
+  for o in ORDERS:
+    cands = [(s, w) for s in summary for w in WEIGHTS]
+    s, w = max(cands, key=lambda sw, o=o: summary[sw[0]][sw[1]][o]["val"][0])
+    out[o] = {"schedule": s, "weights": w, "val": summary[s][w][o]["val"],
+              "test": summary[s][w][o]["test"]}
+    per_seed[o] = [r["test"][w] for r in results[s][o]]
+  out["ascending_minus_random_test"] = report.paired_difference(per_seed["ascending"],
+                                                                per_seed["random"])
+  return out
+
+
+def _pct(ms) -> str:
+  std = "–" if ms[1] is None else f"{100 * ms[1]:.1f}"
+  return f"{100 * ms[0]:.1f} ± {std}"
+
+
+def _gain(p) -> str:
+  """``+m [lo, hi]`` in points, ``*`` when the paired 95% interval excludes zero."""
+  if p["ci95"] is None:
+    return f"{100 * p['mean']:+.1f}"
+  lo, hi = p["ci95"]
+  mark = " *" if lo > 0 or hi < 0 else ""
+  return f"{100 * p['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}"
+
+
 def format_table(summary: Mapping, k: int) -> str:
-  """A Markdown table: one row per (schedule, weights), test accuracy in %."""
-  lines = ["| schedule | evaluated params | random order | ascending quality | "
-           "ascending − random |", "|---|---|---|---|---|"]
+  """A Markdown table: one row per (schedule, weights); accuracy in %, validation / test."""
+  lines = ["| schedule | evaluated params | random: val | random: test | ascending: val | "
+           "ascending: test | ascending − random (test), 95% CI |",
+           "|---|---|---|---|---|---|---|"]
   for sched, rows in summary.items():
     for w, row in rows.items():
-      cells = [f"{100 * row[o][0]:.1f} ± {100 * row[o][1]:.1f}" for o in ORDERS]
-      g = row["gain"]
-      cells.append(f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}")
+      cells = [_pct(row[o][split]) for o in ORDERS for split in ("val", "test")]
+      cells.append(_gain(row["gain"]["test"]))
       lines.append(f"| {sched} | {_WEIGHT_NAMES[w].format(k=k)} | " + " | ".join(cells)
                    + " |")
   return "\n".join(lines)
+
+
+def format_best(best: Mapping, k: int) -> str:
+  """The best recipe of each order, chosen on validation, with its test accuracy."""
+  lines = ["| order | best recipe (chosen on val) | val | test |", "|---|---|---|---|"]
+  for o in ORDERS:
+    b = best[o]
+    lines.append(f"| {o} | {b['schedule']}, {_WEIGHT_NAMES[b['weights']].format(k=k)} | "
+                 f"{_pct(b['val'])} | {_pct(b['test'])} |")
+  lines.append(f"| best ascending − best random (test) | | | "
+               f"{_gain(best['ascending_minus_random_test'])} |")
+  return "\n".join(lines)
+
+
+def settings_table(workdirs: Mapping[str, str]) -> str:
+  """One row per finished setting (``{label: workdir}``, read from its ``summary.json``):
+  the test gain ascending − random of the final parameters per schedule, and each order's
+  best recipe chosen on validation with its test accuracy."""
+  rows, scheds = [], None
+  for label, workdir in workdirs.items():
+    data = report.read_json(os.path.join(workdir, "summary.json"))
+    summary, best = data["summary"], data["best"]
+    scheds = scheds or list(summary)
+    cells = [_gain(summary[sc]["final"]["gain"]["test"]) for sc in scheds]
+    for o in ORDERS:
+      b = best[o]
+      cells.append(f"{_pct(b['test'])} ({b['schedule']}, {b['weights']})")
+    cells.append(_gain(best["ascending_minus_random_test"]))
+    rows.append(f"| {label} | " + " | ".join(cells) + " |")
+  head = (["| setting | " + " | ".join(scheds) + " | best random (val-chosen): test | "
+           "best ascending (val-chosen): test | best asc. − best random |",
+           "|---|" + "---|" * (len(scheds) + 3)])
+  return "\n".join(head + rows)
 
 
 def _plot_accuracy(summary, path):
@@ -244,13 +341,14 @@ def _plot_accuracy(summary, path):
   x = np.arange(len(scheds))
   for ax, w in zip(axes, WEIGHTS, strict=True):
     for j, o in enumerate(ORDERS):
-      m = [100 * summary[s][w][o][0] for s in scheds]
-      sd = [100 * summary[s][w][o][1] for s in scheds]
+      m = [100 * summary[s][w][o]["test"][0] for s in scheds]
+      sd = [100 * (summary[s][w][o]["test"][1] or 0.0) for s in scheds]
       ax.bar(x + (j - 0.5) * 0.38, m, 0.38, yerr=sd, capsize=3, label=o)
     ax.set_xticks(x, scheds, rotation=20)
     ax.set_title(_WEIGHT_NAMES[w].format(k="k"))
     ax.grid(alpha=0.3, axis="y")
-  lo = min(100 * summary[s][w][o][0] for s in scheds for w in WEIGHTS for o in ORDERS)
+  lo = min(100 * summary[s][w][o]["test"][0] for s in scheds for w in WEIGHTS
+           for o in ORDERS)
   axes[0].set_ylim(max(0.0, lo - 10), None)
   axes[0].set_ylabel("final test accuracy (%)")
   axes[0].legend(fontsize=8)
@@ -280,12 +378,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   """Trains every (order, schedule, seed); writes the table and the plots.
 
   Returns:
-    ``{"summary", "table", "plots", "results"}`` with ``results[schedule][order]`` the
-    list (over seeds) of per-run result dicts.
+    ``{"summary", "best", "table", "plots", "results"}`` with ``results[schedule][order]``
+    the list (over seeds) of per-run result dicts.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
-  num_train = len(datasets.load(config.dataset, "train")["label"])
+  num_all = len(datasets.load(config.dataset, "train")["label"])
+  num_train = num_all - int(round(config.val_fraction * num_all))
   total = config.epochs * num_train // config.batch_size
   warmup = int(round(config.warmup_fraction * total))
   sched_fns = {name: make_schedule(dict(spec), config.learning_rate, total, warmup)
@@ -303,12 +402,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
         run_dir = os.path.join(workdir, "runs", order, sched, f"seed{seed}")
         path = os.path.join(run_dir, "result.json")
         if os.path.exists(path):
-          with open(path) as f:
-            results[sched][order].append(json.load(f))
+          results[sched][order].append(report.read_json(path))
           bar.update()
           continue
         if train is None:
-          train, test, num_classes = tiered_data(config, seed)
+          train, val, test, num_classes = tiered_data(config, seed)
           fn = functional(make_model(config.model, seed=seed, num_classes=num_classes,
                                      **dict(config.model_kwargs)))
         stream = data_stream(train["domain"], config.tier_levels, order,
@@ -318,31 +416,37 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
           train_step = jax.jit(make_train_step(per_example, reweight.uniform(), optimizer),
                                donate_argnums=0)
           eval_step = jax.jit(make_eval_step(fn.apply, num_classes))
-        out = train_one(config, stream=stream, train=train, test=test,
+        out = train_one(config, stream=stream, train=train, val=val, test=test,
                         num_classes=num_classes, fn=fn, train_step=train_step,
                         eval_step=eval_step, optimizer=optimizer, seed=seed, mesh=mesh,
                         progress=progress, desc=f"{order}/{sched}/seed{seed}")
         out.update(order=order, schedule=sched, seed=seed)
-        os.makedirs(run_dir, exist_ok=True)
-        with open(path, "w") as f:
-          json.dump(out, f)
+        report.write_json(path, out)
         results[sched][order].append(out)
         bar.update()
   bar.close()
 
   summary = summarize(results)
-  table = format_table(summary, config.average_k)
+  best = best_recipes(summary, results)
+  n = len(config.seeds)
+  table = (f"Accuracy in %, mean ± sample std (ddof=1) over n = {n} seeds; val = the clean "
+           f"validation split ({config.val_fraction:g} of the training data), test = the "
+           "test split; ascending − random: paired mean over seeds [95% t-interval], * = it "
+           "excludes zero.\n\n" + format_table(summary, config.average_k)
+           + "\n\nBest recipe of each order, chosen on validation accuracy:\n\n"
+           + format_best(best, config.average_k))
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(table + "\n")
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  report.write_json(os.path.join(workdir, "summary.json"),
+                    {"summary": summary, "best": best})
   curves = {f"{o}/{s}": [r["history"] for r in results[s][o]]
             for s in sched_fns for o in ORDERS}
   paths = [_plot_accuracy(summary, os.path.join(workdir, "accuracy.png")),
            plots.curves(curves, os.path.join(workdir, "curves.png"),
-                        keys=("test_accuracy", "tier_level"))]
+                        keys=("val_accuracy", "tier_level"))]
   paths.append(_plot_schedules(lrs, os.path.join(workdir, "schedules.png")))
-  return {"summary": summary, "table": table, "plots": paths, "results": results}
+  return {"summary": summary, "best": best, "table": table, "plots": paths,
+          "results": results}
 
 
 def main(argv):
@@ -353,7 +457,7 @@ def main(argv):
   print()
   print(f"{config.dataset}, {config.tier_kind} tiers {tuple(config.tier_levels)}, "
         f"{config.model}, {config.epochs} epochs, batch {config.batch_size}, "
-        f"seeds {tuple(config.seeds)}; test accuracy (%), mean ± std over seeds")
+        f"seeds {tuple(config.seeds)}")
   print(out["table"])
   print("\nplots: " + ", ".join(out["plots"]))
 

@@ -2,8 +2,9 @@ r"""LR schedules on a small Transformer LM, and the LR-annealing law fitted on t
 
 A small decoder-only Transformer (`reweight.train.make_model("transformer")`) is trained
 for the same number of steps on byte-level Python source (the interpreter's standard
-library, `reweight.data.text.stdlib_corpus`; train / validation split by file) with each
-learning-rate schedule of ``config.schedules``:
+library, `reweight.data.text.stdlib_corpus`; split by file into train and held-out files,
+and the held-out files alternately into VALIDATION and TEST, see `held_out_splits`) with
+each learning-rate schedule of ``config.schedules``:
 
 * ``constant`` (warmup then flat), ``cosine`` and ``linear`` decays over the whole run;
 * WSD (`reweight.schedules.wsd`) with each decay shape of `reweight.schedules.DECAY_SHAPES`
@@ -16,7 +17,16 @@ The loss is the per-sequence mean token cross-entropy (`reweight.losses.sequence
 trained with `reweight.train.make_train_step` (uniform weighting) and AdamW. The
 schedule's values are precomputed into a table held in the optimizer state, so one
 compiled step serves every schedule. The validation loss (mean token CE on fixed
-non-overlapping windows of the validation files) is measured every ``eval_every`` steps.
+non-overlapping windows of the validation files) is measured every ``eval_every`` steps;
+the test loss (every window of the test files) once, after the last step.
+
+Selection. The peak learning rate is chosen on validation: every ``config.lr_grid`` peak
+is run with the schedules ``config.lr_select_schedules`` for seed ``config.lr_select_seed``,
+and the peak with the lowest mean final validation loss over them is used for every run.
+The best schedule is the one with the lowest mean final validation loss; the test loss is
+reported beside it. Every "±" is the sample std (ddof=1) over seeds; differences between
+schedules are paired over seeds with their 95% t-interval
+(`reweight.train.report.paired_difference`). The test split is never used for a choice.
 
 Then the LR-annealing scaling law of Tissue et al. (2024),
 L(s) = L0 + A S1(s)^-alpha - C S2(s) (`reweight.annealing_law`), is fitted on the
@@ -27,8 +37,8 @@ reports the error of the predicted final loss and the mean absolute error over t
   python experiments/lm_schedules.py --config=configs/lm_schedules.py \
       --workdir=workdir/lm_schedules
 
-Each run is stored in ``workdir/runs/<schedule>/seed<k>/result.json`` (schedule names
-with '/' become nested directories); a restarted experiment skips finished runs.
+Each run is stored in ``workdir/runs/lr<peak>/<schedule>/seed<k>/result.json`` (schedule
+names with '/' become nested directories); a restarted experiment skips finished runs.
 ``table.md``, ``summary.json``, ``curves.png``, ``schedules.png`` and ``annealing_law.png``
 are written to the workdir.
 
@@ -41,7 +51,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
@@ -59,11 +68,35 @@ from reweight import annealing_law, losses, parallel, schedules
 from reweight.data import text
 from reweight.optim import grad_norms
 from reweight.optim.lr_table import scale_by_lr_table
+from reweight.train import report
 from reweight.train.models import functional, make_model
 from reweight.train.state import create
 from reweight.train.step import make_train_step
 
 SCHEDULE_KINDS = ("constant", "cosine", "linear", "wsd", "refined")
+# The paired-difference columns of the table: the baseline, the two full-run decays, and the
+# usual WSD cooldown (for the comparison of cooldown shapes).
+REFERENCES = ("constant", "cosine", "linear", "wsd/linear")
+
+
+def held_out_splits(corpus: text.TextCorpus) -> dict[str, np.ndarray | tuple[str, ...]]:
+  """The held-out files of ``corpus`` split alternately: file j (in corpus order) goes to
+  validation if j is even, to test if j is odd.
+
+  Returns:
+    ``{"validation": uint8 tokens, "test": uint8 tokens, "validation_files": names,
+    "test_files": names}``.
+  """
+  files, off = corpus.validation_files, corpus.validation_offsets
+  if len(files) < 2:
+    raise ValueError(f"the corpus holds {len(files)} held-out file(s); validation and test "
+                     "need at least 2: raise corpus_bytes or lower validation_every")
+  out = {}
+  for name, parity in (("validation", 0), ("test", 1)):
+    idx = range(parity, len(files), 2)
+    out[name] = np.concatenate([corpus.validation[off[j]:off[j + 1]] for j in idx])
+    out[name + "_files"] = tuple(files[j] for j in idx)
+  return out
 
 
 def make_optimizer(config, lrs) -> optax.GradientTransformation:
@@ -74,9 +107,14 @@ def make_optimizer(config, lrs) -> optax.GradientTransformation:
       scale_by_lr_table(lrs))
 
 
-def make_schedule(spec: Mapping, config, norms_of: Mapping[str, np.ndarray]):
-  """The schedule of a config entry; ``norms_of[name]`` are a finished run's grad norms."""
-  kind, peak, total = spec["kind"], config.learning_rate, config.steps
+def make_schedule(spec: Mapping, config, norms_of: Mapping[str, np.ndarray],
+                  peak: float | None = None):
+  """The schedule of a config entry; ``norms_of[name]`` are a finished run's grad norms.
+
+  ``peak`` defaults to ``config.learning_rate``.
+  """
+  kind, total = spec["kind"], config.steps
+  peak = config.learning_rate if peak is None else peak
   warmup, final = config.warmup_steps, config.final_ratio
   if kind == "constant":
     return schedules.wsd(peak, total, warmup, decay_steps=0)
@@ -106,9 +144,9 @@ def _run_order(specs: Mapping[str, Mapping]) -> list[str]:
   return names
 
 
-def train_one(config, *, corpus, fn, train_step, val_loss, lrs, seed, mesh,
+def train_one(config, *, corpus, fn, train_step, val_loss, test_loss, lrs, seed, mesh,
               progress=True, desc="train") -> dict:
-  """One LM run; the validation-loss curve and the recorded gradient norms."""
+  """One LM run; the validation-loss curve, the final test loss, the gradient norms."""
   params = jax.tree.map(jnp.copy, fn.params)  # the step donates its state
   optimizer = make_optimizer(config, lrs)
   state = create(params, optimizer, reweight.uniform(), jax.random.PRNGKey(seed))
@@ -125,6 +163,7 @@ def train_one(config, *, corpus, fn, train_step, val_loss, lrs, seed, mesh,
       pending = []
   norms = grad_norms.recorded_norms(state.opt_state)
   return {"history": history, "final_val_loss": history[-1]["val_loss"],
+          "final_test_loss": float(test_loss(state.trainable)),
           "grad_norms": norms.tolist()}
 
 
@@ -165,31 +204,68 @@ def fit_annealing_law(results: Mapping[str, dict], lrs: Mapping[str, np.ndarray]
 
 
 def summarize(results: Mapping[str, list[dict]], fits: list[dict]) -> dict:
-  """Per schedule: final val loss, and the law's errors, as (mean, std) over seeds."""
+  """Per schedule: final validation and test loss, and the law's numbers, as
+  ``[mean, sample std]`` over seeds; ``vs_<ref>``: the paired difference over seeds of the
+  final test loss, schedule − ``ref`` (`REFERENCES` present in ``results``)."""
   out = {}
   for name, runs in results.items():
-    final = np.array([r["final_val_loss"] for r in runs])
-    row = {"final_val_loss": (float(final.mean()), float(final.std()))}
+    row = {key: list(report.mean_std([r[key] for r in runs]))
+           for key in ("final_val_loss", "final_test_loss")}
     for key in ("pred_final", "final_abs_error", "curve_mae"):
-      v = np.array([f["per_run"][name][key] for f in fits])
-      row[key] = (float(v.mean()), float(v.std()))
+      row[key] = list(report.mean_std([f["per_run"][name][key] for f in fits]))
+    for ref in REFERENCES:
+      if ref in results and ref != name:
+        row[f"vs_{ref}"] = report.paired_difference(
+            [r["final_test_loss"] for r in runs],
+            [r["final_test_loss"] for r in results[ref]])
     out[name] = row
   return out
 
 
+def _ms(ms, digits: int = 4) -> str:
+  std = "–" if ms[1] is None else f"{ms[1]:.{digits}f}"
+  return f"{ms[0]:.{digits}f} ± {std}"
+
+
+def _diff(p) -> str:
+  """``+m [lo, hi]``; ``*`` when the paired 95% interval excludes zero."""
+  if p["ci95"] is None:
+    return f"{p['mean']:+.4f}"
+  lo, hi = p["ci95"]
+  mark = " *" if lo > 0 or hi < 0 else ""
+  return f"{p['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}"
+
+
 def format_table(summary: Mapping[str, Mapping], fit_names) -> str:
-  """Markdown table: final validation loss and the annealing law's prediction errors."""
-  lines = ["| schedule | final val loss | law: predicted final | law: abs error of final | "
-           "law: curve MAE |", "|---|---|---|---|---|"]
+  """Markdown tables: final validation / test loss and the annealing law's errors (sorted by
+  validation loss; the best on validation in bold), then the paired test-loss differences."""
+  lines = ["| schedule | final val loss | final test loss | law: predicted final val | "
+           "law: abs error of final | law: curve MAE |", "|---|---|---|---|---|---|"]
   best = min(s["final_val_loss"][0] for s in summary.values())
-  for name, s in sorted(summary.items(), key=lambda kv: kv[1]["final_val_loss"][0]):
+  order = sorted(summary.items(), key=lambda kv: kv[1]["final_val_loss"][0])
+  for name, s in order:
     label = name + (" (fit)" if name in fit_names else "")
-    m, sd = s["final_val_loss"]
-    final = f"**{m:.4f}** ± {sd:.4f}" if m == best else f"{m:.4f} ± {sd:.4f}"
-    cells = [final] + [f"{s[k][0]:.4f} ± {s[k][1]:.4f}"
-                       for k in ("pred_final", "final_abs_error", "curve_mae")]
+    if s["final_val_loss"][0] == best:
+      label = f"**{label}**"
+    cells = [_ms(s[k]) for k in ("final_val_loss", "final_test_loss", "pred_final",
+                                 "final_abs_error", "curve_mae")]
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  refs = [r for r in REFERENCES if r in summary]
+  if refs:
+    lines += ["", "Final test loss, schedule − reference, paired over seeds: mean [95% CI]; "
+              "* = the interval excludes zero (negative = lower loss than the reference).", "",
+              "| schedule | " + " | ".join(f"− {r}" for r in refs) + " |",
+              "|---|" + "---|" * len(refs)]
+    for name, s in order:
+      cells = [_diff(s[f"vs_{r}"]) if f"vs_{r}" in s else "" for r in refs]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def select_peak(results: Mapping[float, Mapping[str, dict]], names) -> float:
+  """The peak LR whose runs ``names`` have the lowest mean final validation loss."""
+  return min(results, key=lambda lr: (np.mean([results[lr][n]["final_val_loss"]
+                                               for n in names]), lr))
 
 
 def _plots(results, lrs, fit, workdir):
@@ -249,24 +325,29 @@ def _plots(results, lrs, fit, workdir):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict:
-  """Trains every schedule for every seed, fits the annealing law, writes table and plots.
+  """Chooses the peak LR on validation, trains every schedule for every seed at that peak,
+  fits the annealing law, writes table and plots.
 
   Returns:
-    ``{"summary", "table", "plots", "results", "fits", "lrs"}``; ``results[name]`` is the
-    list (over seeds) of run dicts, ``fits`` one annealing-law fit per seed and ``lrs``
-    the first seed's per-step learning rates of each schedule.
+    ``{"summary", "table", "plots", "results", "fits", "lrs", "peak", "sweep", "corpus",
+    "splits"}``; ``results[name]`` is the list (over seeds) of run dicts, ``fits`` one
+    annealing-law fit per seed, ``lrs`` the first seed's per-step learning rates of each
+    schedule, ``sweep[peak][name]`` the final validation loss of the selection runs.
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
   specs = {name: dict(spec) for name, spec in config.schedules.items()}
   order = _run_order(specs)
   fit_names = tuple(config.annealing_fit)
-  missing = [n for n in fit_names if n not in specs]
+  missing = [n for n in (*fit_names, *config.lr_select_schedules) if n not in specs]
   if missing:
-    raise ValueError(f"annealing_fit names {missing} that are not schedules ({list(specs)})")
+    raise ValueError(f"annealing_fit / lr_select_schedules name {missing}, which are not "
+                     f"schedules ({list(specs)})")
   corpus = text.stdlib_corpus(config.corpus_bytes, config.validation_every,
                               max_file_bytes=config.max_file_bytes)
-  val = text.eval_windows(corpus.validation, config.seq_len, config.eval_windows)
+  splits = held_out_splits(corpus)
+  val = text.eval_windows(splits["validation"], config.seq_len, config.eval_windows)
+  test = text.eval_windows(splits["test"], config.seq_len, config.test_windows)
   fn = functional(make_model("transformer", seed=0, vocab_size=text.VOCAB_SIZE,
                              **dict(config.model_kwargs)))
 
@@ -278,53 +359,80 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                                        make_optimizer(config, np.zeros(config.steps))),
                        donate_argnums=0)
   val_batch = parallel.replicate({k: jnp.asarray(v) for k, v in val.items()}, mesh)
+  test_batch = parallel.replicate({k: jnp.asarray(v) for k, v in test.items()}, mesh)
   val_loss = jax.jit(lambda p: jnp.mean(per_sequence_loss(p, val_batch)))
+  test_loss = jax.jit(lambda p: jnp.mean(per_sequence_loss(p, test_batch)))
 
-  results = {name: [] for name in order}
-  fits, first_lrs = [], None
-  bar = tqdm(total=len(order) * len(config.seeds), desc="runs", disable=not progress)
-  for seed in config.seeds:
+  def run_seed(peak: float, seed: int, names, bar) -> tuple[dict, dict]:
+    """The runs ``names`` (and the sources of refined ones) of one seed at ``peak``."""
     seed_fn = functional(make_model("transformer", seed=seed, vocab_size=text.VOCAB_SIZE,
                                     **dict(config.model_kwargs)))
     seed_results, norms_of, lrs = {}, {}, {}
-    for name in order:
-      lrs[name] = np.asarray(make_schedule(specs[name], config, norms_of)(
+    for name in names:
+      lrs[name] = np.asarray(make_schedule(specs[name], config, norms_of, peak)(
           jnp.arange(config.steps)), np.float64)
-      run_dir = os.path.join(workdir, "runs", *name.split("/"), f"seed{seed}")
-      path = os.path.join(run_dir, "result.json")
+      path = os.path.join(workdir, "runs", f"lr{peak:g}", *name.split("/"), f"seed{seed}",
+                          "result.json")
       if os.path.exists(path):
-        with open(path) as f:
-          out = json.load(f)
+        out = report.read_json(path)
       else:
         out = train_one(config, corpus=corpus, fn=seed_fn, train_step=train_step,
-                        val_loss=val_loss, lrs=lrs[name], seed=seed, mesh=mesh,
-                        progress=progress, desc=f"{name}/seed{seed}")
-        out.update(schedule=name, seed=seed)
-        os.makedirs(run_dir, exist_ok=True)
-        with open(path, "w") as f:
-          json.dump(out, f)
+                        val_loss=val_loss, test_loss=test_loss, lrs=lrs[name], seed=seed,
+                        mesh=mesh, progress=progress, desc=f"lr{peak:g}/{name}/seed{seed}")
+        out.update(schedule=name, seed=seed, peak=peak)
+        report.write_json(path, out)
       norms_of[name] = np.asarray(out["grad_norms"])
       seed_results[name] = out
-      results[name].append(out)
       bar.update()
+    return seed_results, lrs
+
+  grid = [float(lr) for lr in config.lr_grid]
+  select = _run_order({n: specs[n] for n in config.lr_select_schedules})
+  bar = tqdm(total=len(grid) * len(select) + len(order) * len(config.seeds), desc="runs",
+             disable=not progress)
+  sweep_runs = {lr: run_seed(lr, config.lr_select_seed, select, bar)[0] for lr in grid}
+  peak = select_peak(sweep_runs, select) if len(grid) > 1 else grid[0]
+  sweep = {f"{lr:g}": {n: r["final_val_loss"] for n, r in runs.items()}
+           for lr, runs in sweep_runs.items()}
+
+  results = {name: [] for name in order}
+  fits, first_lrs = [], None
+  for seed in config.seeds:
+    seed_results, lrs = run_seed(peak, seed, order, bar)
+    for name in order:
+      results[name].append(seed_results[name])
     fits.append(fit_annealing_law(seed_results, lrs, fit_names, config))
     first_lrs = first_lrs or lrs
   bar.close()
 
   summary = summarize(results, fits)
-  table = format_table(summary, fit_names)
+  sweep_lines = ["| peak LR | " + " | ".join(select) + " | mean |",
+                 "|---|" + "---|" * (len(select) + 1)]
+  for lr, row in sweep.items():
+    sweep_lines.append(f"| {lr}{' (chosen)' if float(lr) == peak else ''} | "
+                       + " | ".join(f"{row[n]:.4f}" for n in select)
+                       + f" | {np.mean([row[n] for n in select]):.4f} |")
+  n = len(config.seeds)
+  table = (f"Peak LR chosen on the final validation loss (seed {config.lr_select_seed}):\n\n"
+           + "\n".join(sweep_lines)
+           + f"\n\nPeak {peak:g}; loss in nats/byte, mean ± sample std (ddof=1) over n = {n}"
+           " seeds; sorted by the final validation loss (bold: the best on validation); "
+           "'(fit)' = used to fit the annealing law.\n\n" + format_table(summary, fit_names))
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(table + "\n")
   law = [f["params"]._asdict() for f in fits]
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump({"summary": summary, "annealing_law_params": law,
-               "corpus": {"train_bytes": len(corpus.train),
-                          "validation_bytes": len(corpus.validation),
-                          "train_files": len(corpus.train_files),
-                          "validation_files": len(corpus.validation_files)}}, f, indent=1)
+  report.write_json(os.path.join(workdir, "summary.json"), {
+      "summary": summary, "peak": peak, "sweep": sweep, "annealing_law_params": law,
+      "corpus": {"train_bytes": len(corpus.train),
+                 "validation_bytes": len(splits["validation"]),
+                 "test_bytes": len(splits["test"]),
+                 "train_files": len(corpus.train_files),
+                 "validation_files": len(splits["validation_files"]),
+                 "test_files": len(splits["test_files"])}})
   paths = _plots(results, first_lrs, fits[0], workdir)
   return {"summary": summary, "table": table, "plots": paths, "results": results,
-          "fits": fits, "lrs": first_lrs, "corpus": corpus}
+          "fits": fits, "lrs": first_lrs, "peak": peak, "sweep": sweep, "corpus": corpus,
+          "splits": splits}
 
 
 def main(argv):
@@ -332,14 +440,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
   out = run(config, flags.FLAGS.workdir)
-  c = out["corpus"]
+  c, sp = out["corpus"], out["splits"]
   print()
   print(f"byte-level LM on Python stdlib source ({len(c.train)} train bytes in "
-        f"{len(c.train_files)} files, {len(c.validation)} validation bytes in "
-        f"{len(c.validation_files)} files); transformer {dict(config.model_kwargs)}, "
+        f"{len(c.train_files)} files, {len(sp['validation'])} validation bytes in "
+        f"{len(sp['validation_files'])} files, {len(sp['test'])} test bytes in "
+        f"{len(sp['test_files'])} files); transformer {dict(config.model_kwargs)}, "
         f"{config.steps} steps x {config.batch_size} x {config.seq_len} tokens, "
-        f"seeds {tuple(config.seeds)}. Validation loss in nats/byte, mean ± std over seeds; "
-        f"annealing law fitted on {tuple(config.annealing_fit)}.")
+        f"seeds {tuple(config.seeds)}; annealing law fitted on "
+        f"{tuple(config.annealing_fit)}.")
   print(out["table"])
   for seed, fit in zip(config.seeds, out["fits"], strict=True):
     p = fit["params"]

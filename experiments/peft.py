@@ -58,9 +58,20 @@ from reweight import parallel
 from reweight.data import datasets
 from reweight.data.pipeline import take
 from reweight.optim.adalora_budget import AdaLoraBudgetState, adalora_budget
+from reweight.optim.penalty import add_penalty_gradient
 from reweight.optim.sparse_mask import LiftState, lift
-from reweight.reparam import Reparam, adalora, bone, dora, lora, orthogonal_penalty, tree_bytes
-from reweight.reparam._core import flatten_with_paths, replace_at, select
+from reweight.reparam import (
+  Reparam,
+  adalora,
+  bone,
+  dora,
+  lora,
+  modules_to_save,
+  orthogonal_penalty,
+  tree_bytes,
+  with_data,
+)
+from reweight.reparam._core import flatten_with_paths, select
 from reweight.reparam.eva import collect_inputs, eva
 from reweight.train import loop, report
 from reweight.train import state as state_lib
@@ -107,48 +118,6 @@ def prepare_data(config: ml_collections.ConfigDict) -> dict[str, dict[str, np.nd
 # --------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------
-
-
-def modules_to_save(base: Reparam | None, modules: str) -> Reparam:
-  """``base`` on its targets plus the leaves matching ``modules`` trained as they are.
-
-  Trainable tree ``{"adapter": base's trainable, "modules": {path: leaf}}``; the frozen tree
-  is base's (it still holds the stale ``modules`` leaves, which ``apply`` overwrites). With
-  ``base=None`` only the ``modules`` leaves are trained (e.g. the head: a linear probe).
-  """
-
-  def init(params, key, **data):
-    flat = flatten_with_paths(params)
-    saved = {p: flat[p] for p in select(params, modules, ndim=None)}
-    adapter, frozen = ({}, params) if base is None else base.init(params, key, **data)
-    return {"adapter": adapter, "modules": saved}, frozen
-
-  def apply(trainable, frozen):
-    params = frozen if base is None else base.apply(trainable["adapter"], frozen)
-    return replace_at(params, trainable["modules"])
-
-  return Reparam(init, apply)
-
-
-def with_data(reparam: Reparam, **data) -> Reparam:
-  """``reparam`` whose ``init`` always gets ``data`` (for the trainer, which passes none)."""
-  return Reparam(lambda params, key, **_: reparam.init(params, key, **data), reparam.apply,
-                 reparam.unapply)
-
-
-def add_penalty_gradient(penalty, weight: float) -> optax.GradientTransformationExtraArgs:
-  """Adds ``weight * grad penalty(params)`` to the gradient (the penalty added to the loss)."""
-
-  def init(params):
-    del params
-    return optax.EmptyState()
-
-  def update(updates, state, params=None, **extra_args):
-    del extra_args
-    g = jax.grad(penalty)(params)
-    return jax.tree.map(lambda u, d: u + weight * d, updates, g), state
-
-  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _schedule(value, steps: int):
@@ -358,6 +327,7 @@ class Experiment:
         **count_parameters(spec.kind, result.state, params, c.head),
     }
     if eval_split == "test_b":
+      record["task_b_val_accuracy"] = accuracy(self.apply, tuned, self.data["val_b"])
       record["task_a_accuracy"] = accuracy(self.apply, dict(tuned, head=head_a),
                                            self.data["test_a"])
     return record
@@ -410,19 +380,23 @@ class Experiment:
 # --------------------------------------------------------------------------------------
 
 
-def _mean_std(values) -> list[float]:
-  v = np.asarray(values, np.float64)
-  return [float(v.mean()), float(v.std())]
+def _mean_std(values) -> list:
+  """``[mean, sample std (ddof=1) or None for one seed]`` (`reweight.train.report.mean_std`)."""
+  return list(report.mean_std(values))
+
+
+def _drops(records: Sequence[Mapping[str, Any]]) -> list[float]:
+  return [r["task_a_accuracy_before"] - r["task_a_accuracy"] for r in records]
 
 
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-  """Mean and std over seeds of one method's runs (counts and bytes must agree over seeds)."""
+  """Mean and sample std over seeds of one method's runs (counts and bytes must agree)."""
   out = {
       "learning_rate": records[0]["learning_rate"],
+      "task_b_val_accuracy": _mean_std([r["task_b_val_accuracy"] for r in records]),
       "task_b_accuracy": _mean_std([r["task_b_accuracy"] for r in records]),
       "task_a_accuracy": _mean_std([r["task_a_accuracy"] for r in records]),
-      "task_a_drop": _mean_std([r["task_a_accuracy_before"] - r["task_a_accuracy"]
-                                for r in records]),
+      "task_a_drop": _mean_std(_drops(records)),
       "seeds": [r["seed"] for r in records],
   }
   for key in ("trainable_params", "adapter_params", "opt_state_bytes"):
@@ -431,6 +405,55 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   if "ranks" in records[0]:
     out["ranks"] = [r["ranks"] for r in records]
   return out
+
+
+def _pct(ms) -> str:
+  """``mean ± std`` in %; the std is "–" for one seed."""
+  std = "–" if ms[1] is None else f"{100 * ms[1]:.1f}"
+  return f"{100 * ms[0]:.1f} ± {std}"
+
+
+def compare(records: Mapping[str, Sequence[Mapping[str, Any]]], reference: str
+            ) -> dict[str, dict[str, Any]]:
+  """Paired differences over seeds of every method against ``reference`` (same seeds).
+
+  ``{method: {"task_b_val_accuracy" | "task_b_accuracy" | "task_a_drop": paired}}`` with
+  ``paired`` = `reweight.train.report.paired_difference` of method − reference.
+  """
+  ref = {r["seed"]: r for r in records[reference]}
+  out = {}
+  for name, recs in records.items():
+    if name == reference:
+      continue
+    by_seed = {r["seed"]: r for r in recs}
+    seeds = sorted(set(by_seed) & set(ref))
+    a = [by_seed[s] for s in seeds]
+    b = [ref[s] for s in seeds]
+    out[name] = {key: report.paired_difference([r[key] for r in a], [r[key] for r in b])
+                 for key in ("task_b_val_accuracy", "task_b_accuracy")}
+    out[name]["task_a_drop"] = report.paired_difference(_drops(a), _drops(b))
+  return out
+
+
+def _pair_cell(p) -> str:
+  if p["ci95"] is None:
+    return f"{100 * p['mean']:+.1f}"
+  lo, hi = p["ci95"]
+  mark = " *" if lo > 0 or hi < 0 else ""
+  return f"{100 * p['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}"
+
+
+def format_comparison(comparison: Mapping[str, Mapping[str, Any]], reference: str) -> str:
+  """A Markdown table of `compare`: method − reference, mean and paired 95% CI, in points."""
+  n = next(iter(comparison.values()))["task_b_accuracy"]["n"] if comparison else 0
+  lines = [f"Paired over {n} seeds: method − {reference}, mean [95% CI] in points; * = the "
+           "interval excludes zero.\n",
+           f"| method | task B val acc − {reference} | task B test acc − {reference} | "
+           f"task A drop − {reference} |", "|---|---|---|---|"]
+  for name, c in comparison.items():
+    lines.append(f"| {name} | {_pair_cell(c['task_b_val_accuracy'])} | "
+                 f"{_pair_cell(c['task_b_accuracy'])} | {_pair_cell(c['task_a_drop'])} |")
+  return "\n".join(lines)
 
 
 def _fmt_count(v) -> str:
@@ -443,25 +466,22 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], timing: Mapping[str, 
                  pretrained: Sequence[float]) -> str:
   """A Markdown table, one row per method (accuracies in %, mean ± std over seeds)."""
   lines = [
-      "| method | lr | task B acc | task A acc after | task A drop | adapter params | "
-      "trainable params | opt-state bytes | step time / full |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "| method | lr | task B val acc | task B test acc | task A acc after | task A drop | "
+      "adapter params | trainable params | opt-state bytes | step time / full |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
-  def pct(ms):
-    return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
-
   for name, s in summary.items():
     ratio = "–"
     if timing and name in timing:
       ratio = f"{timing[name]['ratio']:.2f}"
     lines.append(
-        f"| {name} | {s['learning_rate']:g} | {pct(s['task_b_accuracy'])} | "
-        f"{pct(s['task_a_accuracy'])} | {pct(s['task_a_drop'])} | "
+        f"| {name} | {s['learning_rate']:g} | {_pct(s['task_b_val_accuracy'])} | "
+        f"{_pct(s['task_b_accuracy'])} | "
+        f"{_pct(s['task_a_accuracy'])} | {_pct(s['task_a_drop'])} | "
         f"{_fmt_count(s['adapter_params'])} | {_fmt_count(s['trainable_params'])} | "
         f"{_fmt_count(s['opt_state_bytes'])} | {ratio} |")
-  pm, ps = _mean_std(pretrained)
   lines.append(f"\nTask A test accuracy of the pretrained models (before fine-tuning): "
-               f"{100 * pm:.1f} ± {100 * ps:.1f}.")
+               f"{_pct(_mean_std(pretrained))}.")
   for name, s in summary.items():
     if "ranks" in s:
       per_seed = ["{" + ", ".join(f"{p.removeprefix('adapter/').removesuffix('/kernel')}: {r}"
@@ -481,11 +501,12 @@ def plot(summary: Mapping[str, Mapping[str, Any]], path: str) -> str:
   for i, (name, s) in enumerate(summary.items()):
     color = plt.cm.tab20(i % 20)
     b, a = s["task_b_accuracy"], s["task_a_accuracy"]
-    ax1.errorbar(100 * a[0], 100 * b[0], xerr=100 * a[1], yerr=100 * b[1], fmt="o",
+    ax1.errorbar(100 * a[0], 100 * b[0], xerr=100 * (a[1] or 0), yerr=100 * (b[1] or 0),
+                 fmt="o",
                  color=color, label=name, capsize=2)
     n = s["trainable_params"]
     n = float(np.mean(n)) if isinstance(n, list) else n
-    ax2.errorbar(n, 100 * b[0], yerr=100 * b[1], fmt="o", color=color, capsize=2)
+    ax2.errorbar(n, 100 * b[0], yerr=100 * (b[1] or 0), fmt="o", color=color, capsize=2)
     ax2.annotate(name, (n, 100 * b[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
   ax1.set_xlabel("task A test accuracy after fine-tuning (%)  [forgets less →]")
   ax1.set_ylabel("task B test accuracy (%)  [learns more ↑]")
@@ -571,18 +592,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     summary[m]["step_time_ratio"] = timing[m]["ratio"]
     summary[m]["step_ms"] = timing[m]["step_ms"]
   pretrained = [exp.pretrained(s)[1]["task_a_accuracy"] for s in config.seeds]
-  table = format_table(summary, timing, pretrained)
+  refs = tuple(config.get("paired_references", (config.reference,)))
+  comparison = {ref: compare(records, ref) for ref in refs if ref in records}
+  table = format_table(summary, timing, pretrained) + "".join(
+      "\n\n" + format_comparison(c, ref) for ref, c in comparison.items())
   header = (f"{config.dataset}: MLP {tuple(config.model_kwargs.hidden)}, pretrain on classes "
             f"{tuple(config.task_a)} ({config.pretrain_steps} steps), fine-tune on "
             f"{tuple(config.task_b)} ({config.steps} steps, batch {config.batch_size}), "
             f"seeds {tuple(config.seeds)}; adapters on `{config.targets}`, head trained by "
-            "every method.\n\n")
+            f"every method. Accuracies in %, mean ± sample std (ddof=1) over n = "
+            f"{len(config.seeds)} seeds; task B val = the held-out "
+            f"{len(exp.data['val_b']['label'])} task-B training examples (the rates were "
+            "chosen on it), test = the test split.\n\n")
   with open(os.path.join(workdir, "table.md"), "w") as f:
     f.write(header + table + "\n")
   _dump_json(os.path.join(workdir, "summary.json"),
-             {"summary": summary, "timing": timing, "pretrained_task_a_accuracy": pretrained})
+             {"summary": summary, "timing": timing, "comparison": comparison,
+              "pretrained_task_a_accuracy": pretrained})
   plots = [plot(summary, os.path.join(workdir, "peft.png"))]
-  return {"summary": summary, "timing": timing, "table": header + table, "plots": plots}
+  return {"summary": summary, "timing": timing, "comparison": comparison,
+          "table": header + table, "plots": plots}
 
 
 def _tune(exp: Experiment) -> dict:

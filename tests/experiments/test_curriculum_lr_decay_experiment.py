@@ -20,10 +20,10 @@ def tiny_config():
   c.dataset = "digits"
   c.model = "mlp"
   c.model_kwargs = {"in_features": 64, "hidden": (16,)}
-  c.epochs = 1  # 1438 // 32 = 44 steps
+  c.epochs = 1  # (1438 - 144 validation) // 32 = 40 steps
   c.checkpoint_every = 5
   c.average_k = 3
-  c.eval_every = 20
+  c.eval_every = 7  # the last window (steps 36-40) lies in the clean tier (the last 8)
   c.schedules = {"constant": {"kind": "constant"},
                  "wsd": {"kind": "wsd", "decay_fraction": 0.5, "final_ratio": 0.0}}
   c.seeds = (0, 1)
@@ -53,43 +53,88 @@ def test_input_noise_tiers_scale_with_level():
   c = tiny_config()
   c.tier_kind = "input_noise"
   c.tier_levels = (1.0, 0.0)
-  train, _, _ = exp.tiered_data(c, seed=0)
-  clean = datasets.load("digits", "train")["x"]
+  train, val, _, _ = exp.tiered_data(c, seed=0)
+  full = datasets.load("digits", "train")
+  clean = full["x"][train["id"]]
   diff = train["x"] - clean
   scale = clean.std()
   assert np.all(diff[train["domain"] == 1] == 0)
   assert abs(diff[train["domain"] == 0].std() / scale - 1.0) < 0.05
-  np.testing.assert_array_equal(train["label"], datasets.load("digits", "train")["label"])
+  np.testing.assert_array_equal(train["label"], full["label"][train["id"]])
+  # The validation split: 10% of the train split, disjoint from train, clean.
+  assert len(val["label"]) == round(0.1 * len(full["label"]))
+  assert set(train["id"]).isdisjoint(val["id"])
+  assert len(train["id"]) + len(val["id"]) == len(full["label"])
+  np.testing.assert_array_equal(val["x"], full["x"][val["id"]])
+  np.testing.assert_array_equal(val["label"], full["label"][val["id"]])
   c.tier_kind = "blur"
   with pytest.raises(ValueError, match="tier_kind='blur' is not one of"):
     exp.tiered_data(c, seed=0)
 
 
+def _ms(values):
+  v = np.asarray(values, np.float64)
+  return v.mean(), v.std(ddof=1)
+
+
+def _pm(values):
+  m, sd = _ms(values)
+  return f"{100 * m:.1f} ± {100 * sd:.1f}"
+
+
 def test_runs_end_to_end_and_table_comes_from_the_runs(tmp_path):
+  from scipy import stats
+
   c = tiny_config()
   out = exp.run(c, str(tmp_path), progress=False)
   for name in ("table.md", "summary.json", "accuracy.png", "curves.png", "schedules.png"):
     assert os.path.getsize(tmp_path / name) > 0
+  runs = {(o, sched): [json.load(open(tmp_path / "runs" / o / sched / f"seed{s}" /
+                                      "result.json")) for s in c.seeds]
+          for o in exp.ORDERS for sched in c.schedules}
+  n_val = round(0.1 * 1438)
   for sched in c.schedules:
     for w, label in (("final", "final params"), ("avg", "uniform avg of last 3"),
                      ("ema", "EMA avg of last 3")):
-      runs = {o: [json.load(open(tmp_path / "runs" / o / sched / f"seed{s}" / "result.json"))
-                  for s in c.seeds] for o in exp.ORDERS}
-      vals = {o: np.array([r[w] for r in runs[o]]) for o in exp.ORDERS}
       row = out["summary"][sched][w]
+      cells = []
       for o in exp.ORDERS:
-        np.testing.assert_allclose(row[o], [vals[o].mean(), vals[o].std()], rtol=1e-12)
-      gain = vals["ascending"] - vals["random"]
-      np.testing.assert_allclose(row["gain"], [gain.mean(), gain.std()], rtol=1e-12)
-      cells = [f"{100 * vals[o].mean():.1f} ± {100 * vals[o].std():.1f}" for o in exp.ORDERS]
-      cells.append(f"{100 * gain.mean():+.1f} ± {100 * gain.std():.1f}")
+        for split in ("val", "test"):
+          vals = [r[split][w] for r in runs[o, sched]]
+          np.testing.assert_allclose(row[o][split], _ms(vals), rtol=1e-12)
+          cells.append(_pm(vals))
+      for r in runs["random", sched]:  # an accuracy over the validation split
+        assert r["val"][w] * n_val == pytest.approx(round(r["val"][w] * n_val), abs=1e-6)
+      asc = [r["test"][w] for r in runs["ascending", sched]]
+      rnd = [r["test"][w] for r in runs["random", sched]]
+      ref = stats.ttest_rel(asc, rnd)
+      lo, hi = ref.confidence_interval(0.95)
+      gain = row["gain"]["test"]
+      np.testing.assert_allclose(gain["mean"], np.mean(np.subtract(asc, rnd)), rtol=1e-12)
+      np.testing.assert_allclose(gain["ci95"], [lo, hi], rtol=1e-9)
+      np.testing.assert_allclose(gain["p"], ref.pvalue, rtol=1e-9)
+      mark = " *" if lo > 0 or hi < 0 else ""
+      cells.append(f"{100 * gain['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark}")
       assert f"| {sched} | {label} | " + " | ".join(cells) + " |" in out["table"]
-      for r in runs["random"]:
-        assert r["final"] == r["history"][-1]["test_accuracy"]
-        assert r["steps"] == 1438 // 32 and r["num_averaged"] == 3
+  for r in runs["random", "constant"]:
+    assert r["val"]["final"] == r["history"][-1]["val_accuracy"]
+    assert r["steps"] == (1438 - n_val) // 32 and r["num_averaged"] == 3
+  # The best recipe of each order has the highest mean validation accuracy.
+  for o in exp.ORDERS:
+    means = {(s, w): np.mean([r["val"][w] for r in runs[o, s]])
+             for s in c.schedules for w in exp.WEIGHTS}
+    b = out["best"][o]
+    assert means[b["schedule"], b["weights"]] == max(means.values())
+    np.testing.assert_allclose(
+        b["test"][0], np.mean([r["test"][b["weights"]] for r in runs[o, b["schedule"]]]))
+  # The all-settings table reads the same numbers back from summary.json.
+  line = exp.settings_table({"tiny": str(tmp_path)}).splitlines()[-1]
+  g = out["summary"]["wsd"]["final"]["gain"]["test"]
+  assert line.startswith("| tiny | ") and f"{100 * g['mean']:+.1f} [" in line
+  b = out["best"]["random"]
+  assert f"({b['schedule']}, {b['weights']})" in line
   # The ascending stream ends on the clean tier: the last eval window saw level 0 only.
-  last = json.load(open(tmp_path / "runs" / "ascending" / "constant" / "seed0" / "result.json"))
-  assert last["history"][-1]["tier_level"] == 0.0
+  assert runs["ascending", "constant"][0]["history"][-1]["tier_level"] == 0.0
   # A restart finds every run on disk and reproduces the summary.
   again = exp.run(c, str(tmp_path), progress=False)
   assert again["summary"] == out["summary"]

@@ -30,6 +30,9 @@ def tiny_config():
                  "refined": {"kind": "refined", "source": "linear"},
                  "linear": {"kind": "linear"},
                  "wsd/exp": {"kind": "wsd", "shape": "exp"}}
+  c.lr_grid = (1e-2, 3e-2)
+  c.lr_select_schedules = ("constant", "cosine")
+  c.seeds = (0,)
   return c
 
 
@@ -47,13 +50,28 @@ def _areas(lrs, lam, warmup):
 
 
 def test_runs_end_to_end_and_numbers_come_from_the_runs(tmp_path):
+
   c = tiny_config()
   out = exp.run(c, str(tmp_path), progress=False)
   for name in ("table.md", "summary.json", "curves.png", "schedules.png",
                "annealing_law.png"):
     assert os.path.getsize(tmp_path / name) > 0
-  runs = {n: json.load(open(tmp_path / "runs" / n / "seed0" / "result.json"))
-          for n in ("constant", "cosine", "refined", "linear", "wsd/exp")}
+  # The peak LR: the grid value with the lowest mean final validation loss of the selection
+  # runs (seed 0); every reported run used it.
+  sweep = {lr: np.mean([json.load(open(tmp_path / "runs" / f"lr{lr:g}" / n / "seed0" /
+                                       "result.json"))["final_val_loss"]
+                        for n in c.lr_select_schedules]) for lr in c.lr_grid}
+  peak = min(sweep, key=sweep.get)
+  assert out["peak"] == peak
+  runs_dir = tmp_path / "runs" / f"lr{peak:g}"
+  names = ("constant", "cosine", "refined", "linear", "wsd/exp")
+  all_runs = {n: [json.load(open(runs_dir / n / f"seed{k}" / "result.json"))
+                  for k in c.seeds] for n in names}
+  for n, rs in all_runs.items():
+    s = out["summary"][n]
+    for key in ("final_val_loss", "final_test_loss"):
+      assert s[key] == [rs[0][key], None]  # one seed: no std
+  runs = {n: rs[0] for n, rs in all_runs.items()}
   fit = out["fits"][0]
   for name, r in runs.items():
     assert [h["step"] for h in r["history"]] == list(range(3, 31, 3))
@@ -66,13 +84,14 @@ def test_runs_end_to_end_and_numbers_come_from_the_runs(tmp_path):
     pred = p.L0 + p.A * s1[steps - 1] ** -p.alpha - p.C * s2[steps - 1]
     meas = np.array([h["val_loss"] for h in r["history"] if h["step"] >= 6])
     s = out["summary"][name]
-    np.testing.assert_allclose(s["final_val_loss"], [r["final_val_loss"], 0.0])
-    np.testing.assert_allclose(s["pred_final"][0], pred[-1], rtol=1e-9)
-    np.testing.assert_allclose(s["final_abs_error"][0], abs(pred[-1] - meas[-1]), rtol=1e-9)
-    np.testing.assert_allclose(s["curve_mae"][0], np.mean(np.abs(pred - meas)), rtol=1e-9)
+    np.testing.assert_allclose(fit["per_run"][name]["pred_final"], pred[-1], rtol=1e-9)
+    np.testing.assert_allclose(fit["per_run"][name]["final_abs_error"],
+                               abs(pred[-1] - meas[-1]), rtol=1e-9)
+    np.testing.assert_allclose(fit["per_run"][name]["curve_mae"],
+                               np.mean(np.abs(pred - meas)), rtol=1e-9)
     label = name + (" (fit)" if name in ("constant", "cosine") else "")
-    final = re.escape(f"{r['final_val_loss']:.4f}")
-    assert re.search(rf"^\| {re.escape(label)} \| (\*\*)?{final}(\*\*)? ± 0\.0000 \|",
+    final = re.escape(f"{r['final_val_loss']:.4f} ± – | {r['final_test_loss']:.4f} ± –")
+    assert re.search(rf"^\| (\*\*)?{re.escape(label)}(\*\*)? \| {final} \|",
                      out["table"], re.M)
   # The refined run used the schedule refined from the linear run's l1 gradient norms
   # (Defazio et al.: median filter, w = 1/G, eta_t ∝ w_t sum_{p>t} w_p), re-derived here.
@@ -80,13 +99,63 @@ def test_runs_end_to_end_and_numbers_come_from_the_runs(tmp_path):
                                   mode="nearest")
   w = 1.0 / g
   v = np.array([w[t] * w[t + 1:].sum() for t in range(30)])
-  np.testing.assert_allclose(out["lrs"]["refined"], c.learning_rate * v / v.max(),
-                             rtol=1e-5, atol=1e-9)
-  np.testing.assert_allclose(out["lrs"]["constant"][c.warmup_steps:], c.learning_rate,
-                             rtol=1e-6)
+  np.testing.assert_allclose(out["lrs"]["refined"], peak * v / v.max(), rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(out["lrs"]["constant"][c.warmup_steps:], peak, rtol=1e-6)
   # A restart finds every run on disk and reproduces the summary.
   again = exp.run(c, str(tmp_path), progress=False)
   assert again["summary"] == out["summary"]
+
+
+def test_summary_is_sample_statistics_and_paired_t_intervals_over_seeds():
+  from scipy import stats
+
+  rng = np.random.default_rng(1)
+  names = ("constant", "cosine", "wsd/linear")
+  results = {n: [{"final_val_loss": 2.0 + 0.1 * i + 0.01 * rng.standard_normal(),
+                  "final_test_loss": 2.1 + 0.1 * i + 0.01 * rng.standard_normal()}
+                 for _ in range(3)] for i, n in enumerate(names)}
+  fits = [{"per_run": {n: {k: rng.random() for k in ("pred_final", "final_abs_error",
+                                                      "curve_mae")} for n in names}}
+          for _ in range(3)]
+  summary = exp.summarize(results, fits)
+  for n in names:
+    s = summary[n]
+    for key in ("final_val_loss", "final_test_loss"):
+      v = [r[key] for r in results[n]]
+      np.testing.assert_allclose(s[key], [np.mean(v), np.std(v, ddof=1)], rtol=1e-12)
+    v = [f["per_run"][n]["curve_mae"] for f in fits]
+    np.testing.assert_allclose(s["curve_mae"], [np.mean(v), np.std(v, ddof=1)], rtol=1e-12)
+    for ref in ("constant", "cosine"):
+      if ref == n:
+        assert f"vs_{ref}" not in s
+        continue
+      a = [r["final_test_loss"] for r in results[n]]
+      b = [r["final_test_loss"] for r in results[ref]]
+      t = stats.ttest_rel(a, b)
+      np.testing.assert_allclose(s[f"vs_{ref}"]["ci95"], t.confidence_interval(0.95),
+                                 rtol=1e-9)
+      np.testing.assert_allclose(s[f"vs_{ref}"]["p"], t.pvalue, rtol=1e-9)
+    assert "vs_linear" not in s  # not a schedule here
+  table = exp.format_table(summary, ("constant",))
+  lo, hi = summary["wsd/linear"]["vs_constant"]["ci95"]
+  assert lo > 0  # 0.2 nats higher with 0.014-nat noise: the interval excludes zero
+  m = summary["wsd/linear"]["vs_constant"]["mean"]
+  assert f"| wsd/linear | {m:+.4f} [{lo:+.4f}, {hi:+.4f}] * |" in table
+  assert "| **constant (fit)** |" in table  # the lowest validation loss is in bold
+
+
+def test_held_out_files_alternate_between_validation_and_test():
+  c = tiny_config()
+  corpus = exp.text.stdlib_corpus(c.corpus_bytes, c.validation_every,
+                                  max_file_bytes=c.max_file_bytes)
+  sp = exp.held_out_splits(corpus)
+  files = corpus.validation_files
+  assert sp["validation_files"] == files[0::2] and sp["test_files"] == files[1::2]
+  for name in ("validation", "test"):  # each split is its files' bytes, read from disk
+    blob = b"".join(open(os.path.join(corpus.root, *f.split("/")), "rb").read()
+                    for f in sp[name + "_files"])
+    assert sp[name].tobytes() == blob
+  assert set(sp["test_files"]).isdisjoint(corpus.train_files)
 
 
 def test_lr_table_matches_optax_adamw_with_the_schedule():

@@ -81,6 +81,24 @@ def expected_opt_state_bytes(spec, adapter, trainable, shapes):
   return out
 
 
+def _ms(values):
+  """NumPy's mean and sample std (ddof=1; None for one value)."""
+  v = np.asarray(values, np.float64)
+  return [v.mean(), v.std(ddof=1) if v.size > 1 else None]
+
+
+def _cell(values):
+  m, s = _ms(values)
+  return f"{100 * m:.1f} ± " + ("–" if s is None else f"{100 * s:.1f}")
+
+
+def _close(got, want):
+  assert (got[1] is None) == (want[1] is None), (got, want)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
+  if want[1] is not None:
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-12)
+
+
 def check_run_numbers(config, out, workdir):
   """Counts and bytes by formula; the table's cells are the runs' numbers."""
   shapes = layer_shapes(config)
@@ -97,24 +115,37 @@ def check_run_numbers(config, out, workdir):
       assert rec["opt_state_bytes"] == expected_opt_state_bytes(
           spec, adapter, adapter + head, shapes), name
     b = [r["task_b_accuracy"] for r in recs]
+    v = [r["task_b_val_accuracy"] for r in recs]
     a = [r["task_a_accuracy"] for r in recs]
     assert b == [r["history"][-1]["test_accuracy"] for r in recs]  # the last evaluation
-    np.testing.assert_allclose(s["task_b_accuracy"], [np.mean(b), np.std(b)], rtol=1e-12)
-    np.testing.assert_allclose(s["task_a_accuracy"], [np.mean(a), np.std(a)], rtol=1e-12)
+    for value in v:  # an accuracy over the held-out task-B examples: a multiple of 1 / n
+      n_val = n_val_b(config)
+      assert value * n_val == pytest.approx(round(value * n_val), abs=1e-6)
+    _close(s["task_b_accuracy"], _ms(b))
+    _close(s["task_b_val_accuracy"], _ms(v))
+    _close(s["task_a_accuracy"], _ms(a))
     drop = [r["task_a_accuracy_before"] - r["task_a_accuracy"] for r in recs]
-    np.testing.assert_allclose(s["task_a_drop"], [np.mean(drop), np.std(drop)], atol=1e-12)
+    _close(s["task_a_drop"], _ms(drop))
     row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == f"{100 * np.mean(b):.1f} ± {100 * np.std(b):.1f}"
-    assert cells[3] == f"{100 * np.mean(a):.1f} ± {100 * np.std(a):.1f}"
+    assert cells[2] == _cell(v)
+    assert cells[3] == _cell(b)
+    assert cells[4] == _cell(a)
     counts = sorted({r["adapter_params"] for r in recs})
-    assert cells[5] == (f"{counts[0]:,}" if len(counts) == 1 else
+    assert cells[6] == (f"{counts[0]:,}" if len(counts) == 1 else
                         f"{counts[0]:,}–{counts[-1]:,}")
-    assert cells[8] == f"{out['timing'][name]['ratio']:.2f}"
+    assert cells[9] == f"{out['timing'][name]['ratio']:.2f}"
   assert out["timing"][config.reference]["ratio"] == 1.0
   # Training only the head leaves the backbone, hence task A with head_A, exactly as it was.
   if "head_only" in out["summary"]:
-    assert out["summary"]["head_only"]["task_a_drop"] == [0.0, 0.0]
+    assert out["summary"]["head_only"]["task_a_drop"][0] == 0.0
+    assert out["summary"]["head_only"]["task_a_drop"][1] in (None, 0.0)
+
+
+def n_val_b(config):
+  """The number of held-out task-B training examples."""
+  labels = peft.datasets.load(config.dataset, "train")["label"]
+  return round(config.val_fraction * np.sum(np.isin(labels, config.task_b)))
 
 
 def numpy_mlp(params, x):
@@ -144,13 +175,46 @@ def test_runs_end_to_end_and_the_table_holds_the_runs_numbers(tmp_path):
   expected = np.mean(np.argmax(numpy_mlp(params, test_a["x"]), -1) == test_a["label"])
   rec = json.loads((tmp_path / "runs" / "lora" / "seed0" / "result.json").read_text())
   assert rec["task_a_accuracy_before"] == pytest.approx(expected, abs=1e-9)
-  assert f"{100 * expected:.1f} ± 0.0" in table
+  assert f"{100 * expected:.1f} ± –" in table
 
   # Restarting finds every run and the timing on disk and rebuilds the same summary.
   stamp = os.path.getmtime(tmp_path / "runs" / "lora" / "seed0" / "result.json")
   again = peft.run(config, str(tmp_path), progress=False)
   assert again["summary"] == out["summary"]
   assert os.path.getmtime(tmp_path / "runs" / "lora" / "seed0" / "result.json") == stamp
+
+
+def test_comparison_is_the_paired_t_interval_of_the_per_seed_differences():
+  from scipy import stats
+
+  rng = np.random.default_rng(3)
+  def recs(shift):
+    return [{"seed": k, "task_b_val_accuracy": 0.8 + shift + 0.01 * rng.standard_normal(),
+             "task_b_accuracy": 0.7 + shift + 0.005 * rng.standard_normal(),
+             "task_a_accuracy_before": 0.9, "task_a_accuracy": 0.6 - shift + 0.01 * k}
+            for k in range(4)]
+  records = {"full": recs(0.0), "lora": recs(-0.05), "dora": recs(0.001)}
+  out = peft.compare(records, "full")
+  assert set(out) == {"lora", "dora"}
+  for name in ("lora", "dora"):
+    a, b = records[name], records["full"]
+    for key in ("task_b_val_accuracy", "task_b_accuracy"):
+      d = np.array([x[key] - y[key] for x, y in zip(a, b, strict=True)])
+      ref = stats.ttest_rel([x[key] for x in a], [y[key] for y in b])
+      lo, hi = ref.confidence_interval(0.95)
+      got = out[name][key]
+      np.testing.assert_allclose(got["mean"], d.mean(), rtol=1e-12)
+      np.testing.assert_allclose(got["ci95"], [lo, hi], rtol=1e-9)
+      np.testing.assert_allclose(got["p"], ref.pvalue, rtol=1e-9)
+    drops = [[r["task_a_accuracy_before"] - r["task_a_accuracy"] for r in x] for x in (a, b)]
+    np.testing.assert_allclose(out[name]["task_a_drop"]["mean"],
+                               np.mean(np.subtract(*drops)), rtol=1e-12)
+  table = peft.format_comparison(out, "full")
+  lo, hi = out["lora"]["task_b_accuracy"]["ci95"]
+  assert hi < 0  # lora is 5 points below full with 0.5-point noise: the CI excludes 0
+  assert (f"| {100 * out['lora']['task_b_accuracy']['mean']:+.1f} "
+          f"[{100 * lo:+.1f}, {100 * hi:+.1f}] * |") in table
+  assert "Paired over 4 seeds" in table
 
 
 def test_tune_mode_reports_validation_accuracy_per_learning_rate(tmp_path):
