@@ -6,43 +6,7 @@ import numpy as np
 import pytest
 
 from reweight.token_losses import anchored_token_probability
-
-V = 5
-
-
-def _batch(rng, lengths, t):
-  """A bigram-LM batch whose sequences have the given numbers of valid tokens."""
-  b = len(lengths)
-  inputs = rng.integers(0, V, (b, t)).astype(np.int32)
-  targets = rng.integers(0, V, (b, t)).astype(np.int32)
-  mask = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
-  return {"inputs": inputs, "targets": targets, "token_mask": mask}
-
-
-def per_token_ce(params, batch):
-  logp = jax.nn.log_softmax(params[batch["inputs"]])
-  return -jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
-
-
-def _np_ce(params, batch):
-  logits = np.asarray(params, np.float64)[batch["inputs"]]
-  logits = logits - logits.max(-1, keepdims=True)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  return -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
-
-
-@pytest.fixture
-def setup():
-  rng = np.random.default_rng(0)
-  batch = _batch(rng, [1, 16, 3, 9], 16)
-  params = rng.normal(size=(V, V)).astype(np.float32)
-  return params, batch
-
-
-def _np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+from tests.token_batches import V, np_log_softmax
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
@@ -54,7 +18,7 @@ def test_anchored_token_probability_matches_numpy(direction):
   mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)
   out = anchored_token_probability(logits, labels, ref, kl_coeff=0.3, power=1.5,
                                    kl_direction=direction, mask=mask)
-  lp, lr = _np_log_softmax(logits), _np_log_softmax(ref)
+  lp, lr = np_log_softmax(logits), np_log_softmax(ref)
   lpt = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
   if direction == "forward":
     kl = (np.exp(lr) * (lr - lp)).sum(-1)

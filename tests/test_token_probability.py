@@ -6,37 +6,12 @@ import numpy as np
 import pytest
 
 import reweight
-
-V = 5
-
-
-def _batch(rng, lengths, t):
-  """A bigram-LM batch whose sequences have the given numbers of valid tokens."""
-  b = len(lengths)
-  inputs = rng.integers(0, V, (b, t)).astype(np.int32)
-  targets = rng.integers(0, V, (b, t)).astype(np.int32)
-  mask = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
-  return {"inputs": inputs, "targets": targets, "token_mask": mask}
-
-
-def per_token_ce(params, batch):
-  logp = jax.nn.log_softmax(params[batch["inputs"]])
-  return -jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
-
-
-def _np_ce(params, batch):
-  logits = np.asarray(params, np.float64)[batch["inputs"]]
-  logits = logits - logits.max(-1, keepdims=True)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  return -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+from tests.token_batches import bigram_setup, np_per_token_ce, per_token_ce
 
 
 @pytest.fixture
 def setup():
-  rng = np.random.default_rng(0)
-  batch = _batch(rng, [1, 16, 3, 9], 16)
-  params = rng.normal(size=(V, V)).astype(np.float32)
-  return params, batch
+  return bigram_setup()
 
 
 def test_normalize_false_is_dft_exactly(setup):
@@ -50,7 +25,7 @@ def test_normalize_false_is_dft_exactly(setup):
     logp_t = -per_token_ce(p, batch)
     return -jnp.sum(jnp.where(m, jax.lax.stop_gradient(jnp.exp(logp_t)) * logp_t, 0.0)) / m.sum()
 
-  ce = _np_ce(params, batch)
+  ce = np_per_token_ce(params, batch)
   np.testing.assert_allclose(loss, -(np.exp(-ce) * -ce)[m].sum() / m.sum(), rtol=1e-5)
   np.testing.assert_allclose(loss, dft(params), rtol=1e-6)
   np.testing.assert_allclose(grads, jax.grad(dft)(params), rtol=1e-5, atol=1e-7)

@@ -8,37 +8,12 @@ import pytest
 
 import reweight
 from reweight import testing
-
-V = 5
-
-
-def _batch(rng, lengths, t):
-  """A bigram-LM batch whose sequences have the given numbers of valid tokens."""
-  b = len(lengths)
-  inputs = rng.integers(0, V, (b, t)).astype(np.int32)
-  targets = rng.integers(0, V, (b, t)).astype(np.int32)
-  mask = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
-  return {"inputs": inputs, "targets": targets, "token_mask": mask}
-
-
-def per_token_ce(params, batch):
-  logp = jax.nn.log_softmax(params[batch["inputs"]])
-  return -jnp.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
-
-
-def _np_ce(params, batch):
-  logits = np.asarray(params, np.float64)[batch["inputs"]]
-  logits = logits - logits.max(-1, keepdims=True)
-  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  return -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+from tests.token_batches import bigram_setup, np_per_token_ce, per_token_ce
 
 
 @pytest.fixture
 def setup():
-  rng = np.random.default_rng(0)
-  batch = _batch(rng, [1, 16, 3, 9], 16)
-  params = rng.normal(size=(V, V)).astype(np.float32)
-  return params, batch
+  return bigram_setup()
 
 
 def test_weighted_tokens_token_probability_matches_numpy(setup):
@@ -47,7 +22,7 @@ def test_weighted_tokens_token_probability_matches_numpy(setup):
   w = reweight.sample.token_probability(power)
   fn = jax.jit(reweight.weighted_tokens(per_token_ce, w))
   (loss, (state, info)), grads = jax.value_and_grad(fn, has_aux=True)(params, batch, w.init())
-  ce, m = _np_ce(params, batch), batch["token_mask"]
+  ce, m = np_per_token_ce(params, batch), batch["token_mask"]
   n = m.sum()
   u = np.where(m, np.exp(-power * ce), 0.0)
   w_np = n * u / u.sum()
@@ -63,7 +38,7 @@ def test_weighted_tokens_token_probability_matches_numpy(setup):
 
 def test_power_zero_is_plain_token_mean_and_naive_mean_of_means_differs(setup):
   params, batch = setup
-  ce, m = _np_ce(params, batch), batch["token_mask"]
+  ce, m = np_per_token_ce(params, batch), batch["token_mask"]
   for w in (reweight.uniform(), reweight.sample.token_probability(0.0),
             reweight.per_sequence(reweight.uniform())):
     loss = reweight.weighted_tokens(per_token_ce, w)(params, batch, w.init())[0]
@@ -95,7 +70,7 @@ def test_per_sequence_matches_numpy(setup):
   w = reweight.per_sequence(reweight.sample.loss_based("upper", r=0.5))
   fn = reweight.weighted_tokens(per_token_ce, w)
   loss, (_, info) = fn(params, batch, w.init())
-  ce, m = _np_ce(params, batch), batch["token_mask"]
+  ce, m = np_per_token_ce(params, batch), batch["token_mask"]
   rows = [i for i in range(len(ce)) if m[i].any()]
   u = np.zeros(len(ce))
   u[rows] = _np_loss_based_upper(np.array([ce[i][m[i]].mean() for i in rows]), 0.5)
@@ -109,7 +84,7 @@ def test_masks_from_aux_and_sequence_mask(setup):
   params, batch = setup
   m = batch["token_mask"]
   no_mask = {k: v for k, v in batch.items() if k != "token_mask"}
-  ce = _np_ce(params, batch)
+  ce = np_per_token_ce(params, batch)
 
   def with_aux(p, b):
     return per_token_ce(p, b), {"token_mask": m}

@@ -1,44 +1,20 @@
-"""linear, mgda, hypervolume_weights, gradient_reward_weights, combine, objective_grads:
-each against an independent NumPy computation."""
+"""`reweight.objectives.mgda` against the K = 2 closed form and a NumPy Frank–Wolfe."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from reweight import objectives as obj
-
-
-def _np_grads(rng, k, shapes=((3, 2), (4,))):
-  return [{f"p{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
-          for _ in range(k)]
-
-
-def _flat(g):
-  return np.concatenate([np.ravel(g[k]).astype(np.float64) for k in sorted(g)])
-
-
-def _np_frank_wolfe(m, iters):
-  """Frank–Wolfe for min_{a in simplex} a^T M a, re-derived in NumPy (float64)."""
-  k = m.shape[0]
-  a = np.full(k, 1.0 / k)
-  for _ in range(iters):
-    ma = m @ a
-    t = int(np.argmin(ma))
-    vv, vt, tt = a @ ma, ma[t], m[t, t]
-    denom = vv - 2 * vt + tt
-    gamma = np.clip((vv - vt) / denom, 0, 1) if denom > 0 else 0.0
-    a = (1 - gamma) * a
-    a[t] += gamma
-  return a
+from tests.objectives.objective_checks import flat_grad, np_frank_wolfe, np_grads
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_mgda_two_objectives_is_the_closed_form(seed):
   rng = np.random.default_rng(seed)
-  grads = _np_grads(rng, 2)
+  grads = np_grads(rng, 2)
   if seed == 0:  # one clipped case: g2 "inside" g1's direction
     grads[1] = {k: 3.0 * v for k, v in grads[0].items()}
-  g1, g2 = _flat(grads[0]), _flat(grads[1])
+  g1, g2 = flat_grad(grads[0]), flat_grad(grads[1])
   alpha = np.clip((g2 - g1) @ g2 / np.sum((g1 - g2) ** 2), 0, 1)
   scheme = obj.mgda()
   state = scheme.update(scheme.init(), grads=grads, losses=jnp.zeros(2))
@@ -58,13 +34,13 @@ def test_mgda_identical_gradients_is_finite():
 @pytest.mark.parametrize("seed", range(3))
 def test_mgda_frank_wolfe_matches_numpy_and_approaches_the_qp_solution(seed):
   rng = np.random.default_rng(seed)
-  grads = _np_grads(rng, 3)
-  flat = np.stack([_flat(g) for g in grads])
+  grads = np_grads(rng, 3)
+  flat = np.stack([flat_grad(g) for g in grads])
   m = flat @ flat.T
   # Re-derivation of the iterations.
   for iters in (1, 5, 40):
     state = obj.mgda(3, max_iters=iters).update(obj.mgda(3).init(), grads=grads)
-    np.testing.assert_allclose(state.weights, _np_frank_wolfe(m, iters), atol=1e-4)
+    np.testing.assert_allclose(state.weights, np_frank_wolfe(m, iters), atol=1e-4)
   # Brute force over a simplex grid (step 1/400).
   n = 400
   grid = np.array([(i, j, n - i - j) for i in range(n + 1) for j in range(n + 1 - i)]) / n

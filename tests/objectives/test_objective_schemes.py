@@ -1,5 +1,5 @@
-"""linear, mgda, hypervolume_weights, gradient_reward_weights, combine, objective_grads:
-each against an independent NumPy computation."""
+"""`reweight.objectives.objective_grads` against separate gradients; every scheme under `jit`;
+bad input to every scheme."""
 
 import jax
 import jax.numpy as jnp
@@ -7,30 +7,7 @@ import numpy as np
 import pytest
 
 from reweight import objectives as obj
-
-
-def _np_grads(rng, k, shapes=((3, 2), (4,))):
-  return [{f"p{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
-          for _ in range(k)]
-
-
-def _flat(g):
-  return np.concatenate([np.ravel(g[k]).astype(np.float64) for k in sorted(g)])
-
-
-def _np_frank_wolfe(m, iters):
-  """Frank–Wolfe for min_{a in simplex} a^T M a, re-derived in NumPy (float64)."""
-  k = m.shape[0]
-  a = np.full(k, 1.0 / k)
-  for _ in range(iters):
-    ma = m @ a
-    t = int(np.argmin(ma))
-    vv, vt, tt = a @ ma, ma[t], m[t, t]
-    denom = vv - 2 * vt + tt
-    gamma = np.clip((vv - vt) / denom, 0, 1) if denom > 0 else 0.0
-    a = (1 - gamma) * a
-    a[t] += gamma
-  return a
+from tests.objectives.objective_checks import np_grads
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -56,7 +33,7 @@ def test_objective_grads_equal_separate_grads(k):
 
 def test_everything_jits():
   rng = np.random.default_rng(0)
-  grads = [jax.tree.map(jnp.asarray, g) for g in _np_grads(rng, 3)]
+  grads = [jax.tree.map(jnp.asarray, g) for g in np_grads(rng, 3)]
   losses = jnp.array([0.5, 1.0, 1.5])
   schemes = [obj.linear([1.0, 2.0, 3.0]), obj.mgda(3, max_iters=20),
              obj.lagrangian([0.1, 2.0], 0.5), obj.hypervolume_weights([2.0, 2.0, 2.0]),
