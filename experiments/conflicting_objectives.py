@@ -256,10 +256,7 @@ def summarize(results: Mapping[str, list[dict]], comparisons) -> dict[str, Any]:
 
 
 def _pm(stat, scale: float = 1.0, digits: int = 3) -> str:
-  m, s = stat
-  if s is None:
-    return f"{scale * m:.{digits}f}"
-  return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+  return report.format_mean_std(stat, digits, scale)
 
 
 def markdown_report(summary: Mapping[str, Any], config) -> str:

@@ -212,9 +212,7 @@ def summarize(selected: Mapping[str, list[dict]], comparisons) -> dict[str, Any]
 
 
 def _pm(stat, scale: float = 100.0, digits: int = 1) -> str:
-  m, s = stat
-  return (f"{scale * m:.{digits}f}" if s is None
-          else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}")
+  return report.format_mean_std(stat, digits, scale)
 
 
 def markdown_report(summary, config, seeds_info) -> str:

@@ -256,8 +256,7 @@ def summarize(selected: Mapping[str, list[dict]], curves: Mapping[str, Mapping[f
 
 
 def _pm(stat) -> str:
-  m, s = stat
-  return f"{100 * m:.1f} ± {100 * s:.1f}" if s is not None else f"{100 * m:.1f}"
+  return report.format_mean_std(stat, 1, 100.0)
 
 
 def _describe(spec) -> str:

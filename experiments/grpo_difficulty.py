@@ -502,8 +502,7 @@ def summarize(selected: Mapping[str, list[dict]], comparisons) -> dict[str, Any]
 
 
 def _pm(stat) -> str:
-  m, s = stat
-  return f"{100 * m:.1f} ± {100 * s:.1f}" if s is not None else f"{100 * m:.1f}"
+  return report.format_mean_std(stat, 1, 100.0)
 
 
 def verdict(p, a: str, b: str, what: str) -> str:

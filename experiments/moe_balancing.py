@@ -254,15 +254,12 @@ def summarize(results: Mapping, config) -> dict:
           "test_counts": counts}
 
 
-def _pm(stat, digits=4) -> str:
-  m, s = stat
-  return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None else f"{m:.{digits}f}"
+def _pm(stat, digits: int = 4) -> str:
+  return report.format_mean_std(stat, digits)
 
 
-def _ci(p, digits=4) -> str:
-  if p["ci95"] is None:
-    return f"{p['mean']:+.{digits}f}"
-  return f"{p['mean']:+.{digits}f} [{p['ci95'][0]:+.{digits}f}, {p['ci95'][1]:+.{digits}f}]"
+def _ci(p, digits: int = 4) -> str:
+  return report.format_difference(p, digits)
 
 
 ROWS = (("val_loss", "validation loss (nats/byte)", False),

@@ -412,9 +412,7 @@ def summarize(selected: Mapping[str, list[dict]], comparisons) -> dict[str, Any]
 
 
 def _pm(stat, scale: float = 100.0, digits: int = 1) -> str:
-  m, s = stat
-  return (f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}" if s is not None
-          else f"{scale * m:.{digits}f}")
+  return report.format_mean_std(stat, digits, scale)
 
 
 def verdict(p: Mapping[str, Any], a: str, b: str) -> str:

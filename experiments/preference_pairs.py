@@ -511,14 +511,11 @@ def summarize(runs: Mapping, config) -> dict:
 
 
 def _pm(stat, digits: int = 3) -> str:
-  m, s = stat
-  return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None else f"{m:.{digits}f}"
+  return report.format_mean_std(stat, digits)
 
 
 def _ci(p) -> str:
-  if p["ci95"] is None:
-    return f"{p['mean']:+.3f}"
-  return f"{p['mean']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+  return report.format_difference(p, 3)
 
 
 def table_report(summary: Mapping, config) -> str:

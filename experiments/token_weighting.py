@@ -367,14 +367,11 @@ def summarize(pre: Mapping, runs: Mapping, config) -> dict:
 
 
 def _pm(stat, digits: int = 4) -> str:
-  m, s = stat
-  return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None else f"{m:.{digits}f}"
+  return report.format_mean_std(stat, digits)
 
 
 def _ci(p) -> str:
-  if p["ci95"] is None:
-    return f"{p['mean']:+.4f}"
-  return f"{p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]"
+  return report.format_difference(p)
 
 
 def _setting(s: Mapping) -> str:

@@ -359,8 +359,7 @@ def summarize(histories: list[list[dict]], final_weights: list[dict]) -> dict[st
 
 def format_pm(stat) -> str:
   """``"90.3 ± 0.9"`` (in %) of a `report.mean_std` pair; ``"90.3"`` for one seed."""
-  mean, std = stat
-  return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+  return report.format_mean_std(stat, 1, 100.0)
 
 
 def format_difference(p: Mapping[str, Any]) -> str:

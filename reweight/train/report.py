@@ -79,6 +79,24 @@ def verdict(p: Mapping[str, Any], a: str, b: str, what: str, *, higher_is_better
   return f"no clear difference at {p['n']} seeds between {a} and {b} on {what} ({interval})"
 
 
+def format_mean_std(stat: tuple[float, float | None], digits: int = 4,
+                    scale: float = 1.0) -> str:
+  """``"m ± s"`` of a `mean_std` pair times ``scale`` (e.g. 100 for %), ``"m"`` for one seed."""
+  m, s = stat
+  if s is None:
+    return f"{scale * m:.{digits}f}"
+  return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def format_difference(p: Mapping[str, Any], digits: int = 4, scale: float = 1.0) -> str:
+  """``"+d [+lo, +hi]"`` of a `paired_difference` times ``scale``; ``"+d"`` for one seed."""
+  mean = f"{scale * p['mean']:+.{digits}f}"
+  if p["ci95"] is None:
+    return mean
+  lo, hi = p["ci95"]
+  return f"{mean} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+
+
 def read_json(path: str) -> Any:
   """The JSON document at ``path``."""
   with open(path) as f:

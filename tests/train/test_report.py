@@ -50,3 +50,12 @@ def test_write_json_is_whole_or_absent(tmp_path):
   report.write_json(path, {"x": [1, 2]})
   assert report.read_json(path) == {"x": [1, 2]}
   assert not os.path.exists(path + ".tmp")
+
+
+def test_formatting_of_spreads_and_differences():
+  assert report.format_mean_std((0.9031, 0.0094), 1, 100.0) == "90.3 ± 0.9"
+  assert report.format_mean_std((2.5, None), 3) == "2.500"
+  p = report.paired_difference([2.0, 2.1, 2.2], [1.0, 1.0, 1.1])
+  lo, hi = p["ci95"]
+  assert report.format_difference(p, 2) == f"+1.07 [{lo:+.2f}, {hi:+.2f}]"
+  assert report.format_difference(report.paired_difference([0.5], [0.25]), 1, 100.0) == "+25.0"
