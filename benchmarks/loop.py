@@ -43,7 +43,8 @@ METHOD = "loss_based/linupper"
 
 def setup(config):
   """Everything `experiment.run` builds for one method and seed 0, plus a bare-step runner."""
-  train, _, test, num_classes = experiment.prepare_data(config, 0)
+  splits = experiment.prepare_splits(config, 0)
+  train, test, num_classes = splits.train, splits.test, splits.num_classes
   spec = config.methods[METHOD]
   fn = functional(make_model(config.model, seed=0, num_classes=num_classes,
                              **dict(config.model_kwargs)))

@@ -80,8 +80,8 @@ def setting_config(config: ml_collections.ConfigDict, ratio: float) -> ml_collec
 
 def train_class_counts(config: ml_collections.ConfigDict, seed: int) -> list[int]:
   """Examples per class of the training split the methods see (the meta set removed)."""
-  train, _, _, num_classes = experiment.prepare_data(config, seed)
-  return np.bincount(train["label"], minlength=num_classes).tolist()
+  splits = experiment.prepare_splits(config, seed)
+  return np.bincount(splits.train["label"], minlength=splits.num_classes).tolist()
 
 
 def histories(workdir: str, config: ml_collections.ConfigDict) -> dict[str, list[list[dict]]]:

@@ -316,13 +316,6 @@ def prepare_splits(config: ml_collections.ConfigDict, seed: int) -> Splits:
   return Splits(train, val, meta, test, num_classes)
 
 
-def prepare_data(config: ml_collections.ConfigDict, seed: int):
-  """``(train, meta, test, num_classes)`` of `prepare_splits` (the validation part is held
-  out of ``train`` all the same)."""
-  s = prepare_splits(config, seed)
-  return s.train, s.meta, s.test, s.num_classes
-
-
 # Per-seed numbers of a run's last evaluation that the summary keeps: (summary key, row key).
 FINAL_METRICS = (("val_accuracy", "val_accuracy"),
                  ("val_balanced_accuracy", "val_balanced_accuracy"),
